@@ -1,0 +1,3 @@
+"""asyncgate: a durable, spec-first async inference gateway."""
+
+__version__ = "0.1.0"

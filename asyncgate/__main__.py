@@ -1,0 +1,5 @@
+import sys
+
+from asyncgate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""``asyncgate``: serve, api, worker, migrate and keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+
+from asyncgate.config import ConfigError, Settings, load_settings
+from asyncgate.embedded import EmbeddedPostgres
+from asyncgate.logs import configure
+
+log = logging.getLogger("asyncgate")
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The configured database URL, or an embedded server's, started for this block."""
+    if settings.database.url is not None:
+        yield settings.database.url.reveal()
+        return
+    embedded = EmbeddedPostgres(settings.database.data_dir)
+    try:
+        yield embedded.start()
+    finally:
+        embedded.stop()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asyncgate", description=__doc__)
+    parser.add_argument("--config", help="TOML configuration file (or ASYNCGATE_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("serve", "API, worker and sweeper in one process"),
+        ("api", "the HTTP API only"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--host")
+        sub.add_argument("--port", type=int)
+        if name == "api":
+            sub.add_argument("--processes", type=int, help="API processes sharing the port")
+    commands.add_parser("worker", help="a worker and the sweeper, no HTTP")
+    migrate = commands.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument("--revision", default="head")
+    migrate.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION instead")
+    keys = commands.add_parser("keys", help="manage virtual keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    key_commands.add_parser("create", help="create a key and print it once").add_argument("name")
+    key_commands.add_parser("list", help="list keys (never the keys themselves)")
+    key_commands.add_parser("disable", help="disable a key by name").add_argument("name")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"asyncgate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    server_changes = {
+        key: getattr(args, key)
+        for key in ("host", "port", "processes")
+        if getattr(args, key, None) is not None
+    }
+    if server_changes:
+        settings = settings.replace(server=server_changes)
+    configure(settings.log_level)
+
+    from models import migrate
+
+    with database(settings) as url:
+        if args.command == "migrate":
+            if args.downgrade:
+                migrate.downgrade(url, args.downgrade)
+            else:
+                migrate.upgrade(url, args.revision)
+            print("migrations applied")
+            return 0
+        migrate.upgrade(url)
+        if args.command == "keys":
+            return asyncio.run(_keys(settings, url, args))
+
+        from asyncgate import server
+
+        if args.command == "serve":
+            server.run(server.serve_http(settings, url, run_worker=True))
+        elif args.command == "api" and settings.server.processes > 1:
+            server.serve_http_processes(settings, url)
+        elif args.command == "api":
+            server.run(server.serve_http(settings, url, run_worker=False))
+        else:
+            server.run(server.run_worker(settings, url))
+    return 0
+
+
+async def _keys(settings: Settings, url: str, args: argparse.Namespace) -> int:
+    from asyncgate.runtime import open_database
+    from models.keys import KeyStore
+
+    async with open_database(settings, url) as db:
+        keys = KeyStore(db)
+        if args.keys_command == "create":
+            key_id, key = await keys.create(args.name)
+            print(key)
+            print(f"key {args.name!r} created (id {key_id}); it is shown only now", file=sys.stderr)
+        elif args.keys_command == "list":
+            for info in await keys.list():
+                state = (
+                    f"disabled {info.disabled_at:%Y-%m-%d %H:%M}" if info.disabled_at else "active"
+                )
+                print(f"{info.id}\t{info.name}\t{info.created_at:%Y-%m-%d %H:%M}\t{state}")
+        else:
+            if not await keys.disable(args.name):
+                print(f"no key named {args.name!r}", file=sys.stderr)
+                return 1
+            print(f"key {args.name!r} disabled")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

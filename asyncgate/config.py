@@ -1,0 +1,325 @@
+"""Configuration: read once at start-up from a TOML file and ``ASYNCGATE_*`` variables.
+
+Precedence, lowest first: built-in defaults, the TOML file (``--config`` or ``ASYNCGATE_CONFIG``),
+then environment variables. A variable is named after its section and key, e.g.
+``ASYNCGATE_WORKER_CONCURRENCY=500`` sets ``[worker] concurrency``; providers use
+``ASYNCGATE_PROVIDERS_<NAME>_<KEY>``, e.g. ``ASYNCGATE_PROVIDERS_OPENAI_BASE_URL``.
+``DATABASE_URL`` is honoured when ``ASYNCGATE_DATABASE_URL`` is not set.
+
+Anything unknown or malformed stops the process with a :class:`ConfigError` naming the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "ASYNCGATE_"
+PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+class ConfigError(Exception):
+    """A setting is unknown, missing or has a value of the wrong type."""
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str`` or logs; call :meth:`reveal`."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    processes: int = 1
+    """API processes started by ``asyncgate api`` (they share the listening port)."""
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: Secret | None = None
+    """External PostgreSQL URL; when unset an embedded PostgreSQL runs in ``data_dir``."""
+    data_dir: str = ".asyncgate/pgdata"
+    pool_size: int = 10
+    connect_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    default_ttl: int = 3600
+    """Seconds a result is kept after completion when the request names no valid TTL."""
+    max_ttl: int = 30 * 86400
+    """Requested TTLs above this are clamped to it."""
+    retry_after: int = 1
+    """``Retry-After`` seconds suggested to clients polling an unfinished job."""
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    required: bool = False
+    """When on, a request carrying no virtual key at all is answered 401."""
+    key_cache_seconds: float = 2.0
+    """How long an API process trusts a key lookup (a disabled key stops working after this)."""
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_json_bytes: int = 4 * 1024 * 1024
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_files: int = 16
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    concurrency: int = 1000
+    """Jobs one worker process runs at once."""
+    claim_batch: int = 100
+    """Most jobs taken by one claim statement."""
+    lease_seconds: float = 30.0
+    renew_seconds: float = 5.0
+    """How often live leases are extended; keep it well under ``lease_seconds``."""
+    poll_seconds: float = 1.0
+    """Fallback claim interval when no notification arrives."""
+    max_attempts: int = 3
+    """Executions of one job (claims that ran) before it fails for good."""
+    retry_tries: int = 3
+    """Upstream tries per model within one execution for transient failures."""
+    retry_base_seconds: float = 0.25
+    retry_max_seconds: float = 10.0
+    max_pending_seconds: float = 86400.0
+    """A job still pending after this long fails instead of running."""
+    max_job_seconds: float = 600.0
+    """Wall-clock budget of one execution, retries and fallbacks included."""
+    shutdown_grace_seconds: float = 20.0
+    """On SIGTERM, in-flight jobs get this long to finish before they are handed back."""
+    max_response_bytes: int = 64 * 1024 * 1024
+    """Upstream answers larger than this fail the job."""
+
+
+@dataclass(frozen=True)
+class SweeperConfig:
+    interval_seconds: float = 60.0
+    batch: int = 1000
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One OpenAI-compatible upstream.
+
+    ``api_key`` is read from the environment variable named by ``api_key_env``.
+    """
+
+    name: str
+    base_url: str
+    api_key_env: str | None = None
+    api_key: Secret | None = None
+    timeout: float = 60.0
+    max_concurrency: int = 64
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    sweeper: SweeperConfig = field(default_factory=SweeperConfig)
+    providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
+    log_level: str = "INFO"
+
+    def replace(self, **sections: Any) -> Settings:
+        """A copy with whole sections or single keys (``worker={"concurrency": 5}``) replaced."""
+        changes: dict[str, Any] = {}
+        for name, value in sections.items():
+            current = getattr(self, name)
+            if isinstance(value, dict) and dataclasses.is_dataclass(current):
+                value = dataclasses.replace(current, **value)  # type: ignore[type-var]
+            changes[name] = value
+        return dataclasses.replace(self, **changes)
+
+
+_SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "database": DatabaseConfig,
+    "jobs": JobsConfig,
+    "auth": AuthConfig,
+    "limits": LimitsConfig,
+    "worker": WorkerConfig,
+    "sweeper": SweeperConfig,
+}
+_PROVIDER_KEYS = ("base_url", "api_key_env", "timeout", "max_concurrency")
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the TOML file (if any) and the environment into :class:`Settings`.
+
+    Raises ConfigError naming the first bad setting.
+    """
+    env = os.environ if environ is None else environ
+    path = path or env.get(ENV_PREFIX + "CONFIG")
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    _overlay_environment(raw, env)
+    return _build(raw, env)
+
+
+def _overlay_environment(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    if "DATABASE_URL" in env and ENV_PREFIX + "DATABASE_URL" not in env:
+        raw.setdefault("database", {})["url"] = env["DATABASE_URL"]
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        if rest == "log_level":
+            raw["log_level"] = value
+            continue
+        if rest.startswith("providers_"):
+            provider_rest = rest[len("providers_") :]
+            key = next((k for k in _PROVIDER_KEYS if provider_rest.endswith("_" + k)), None)
+            if key is None:
+                raise ConfigError(f"{name}: expected ASYNCGATE_PROVIDERS_<NAME>_<KEY>")
+            provider = provider_rest[: -len(key) - 1]
+            raw.setdefault("providers", {}).setdefault(provider, {})[key] = value
+            continue
+        section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            raise ConfigError(f"{name}: unknown setting")
+        raw.setdefault(section, {})[rest[len(section) + 1 :]] = value
+
+
+def _build(raw: dict[str, Any], env: Mapping[str, str]) -> Settings:
+    unknown = set(raw) - set(_SECTIONS) - {"providers", "log_level"}
+    if unknown:
+        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+    sections = {
+        name: _build_section(cls, raw.get(name, {}), name) for name, cls in _SECTIONS.items()
+    }
+    providers = {
+        name: _build_provider(name, values, env)
+        for name, values in (raw.get("providers") or {}).items()
+    }
+    settings = Settings(
+        **sections, providers=providers, log_level=str(raw.get("log_level", "INFO"))
+    )
+    _check(settings)
+    return settings
+
+
+def _build_section(cls: type, values: Any, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"[{where}] unknown key(s): {', '.join(sorted(unknown))}")
+    return cls(
+        **{key: _coerce(value, hints[key], f"{where}.{key}") for key, value in values.items()}
+    )
+
+
+def _build_provider(name: str, values: Any, env: Mapping[str, str]) -> ProviderConfig:
+    if not PROVIDER_NAME.match(name):
+        raise ConfigError(f"provider name {name!r} must match {PROVIDER_NAME.pattern}")
+    if not isinstance(values, dict) or "base_url" not in values:
+        raise ConfigError(f"provider {name!r} needs a base_url")
+    unknown = set(values) - set(_PROVIDER_KEYS)
+    if unknown:
+        raise ConfigError(f"provider {name!r}: unknown key(s): {', '.join(sorted(unknown))}")
+    config = _build_section(ProviderConfig, {"name": name, **values}, f"providers.{name}")
+    if config.api_key_env:
+        secret = env.get(config.api_key_env)
+        if not secret:
+            raise ConfigError(
+                f"provider {name!r}: environment variable {config.api_key_env} is not set"
+            )
+        config = dataclasses.replace(config, api_key=Secret(secret))
+    return dataclasses.replace(config, base_url=config.base_url.rstrip("/"))
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or value == "":
+            return None
+        hint = options[0]
+    try:
+        if hint is Secret:
+            return Secret(str(value))
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if hint is str:
+            return str(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {value!r} is not a valid {hint.__name__}") from exc
+    raise ConfigError(f"{where}: unsupported type {hint}")
+
+
+def _check(settings: Settings) -> None:
+    problems = []
+    w = settings.worker
+    if w.renew_seconds * 2 > w.lease_seconds:
+        problems.append("worker.renew_seconds must be at most half of worker.lease_seconds")
+    for name in ("concurrency", "claim_batch", "max_attempts", "retry_tries"):
+        if getattr(w, name) < 1:
+            problems.append(f"worker.{name} must be at least 1")
+    if settings.jobs.default_ttl < 1 or settings.jobs.max_ttl < 1:
+        problems.append("jobs.default_ttl and jobs.max_ttl must be positive")
+    if settings.jobs.default_ttl > settings.jobs.max_ttl:
+        problems.append("jobs.default_ttl must not exceed jobs.max_ttl")
+    for name, provider in settings.providers.items():
+        if not provider.base_url.startswith(("http://", "https://")):
+            problems.append(f"providers.{name}.base_url must be an http(s) URL")
+        if provider.max_concurrency < 1 or provider.timeout <= 0:
+            problems.append(f"providers.{name}: timeout and max_concurrency must be positive")
+    if problems:
+        raise ConfigError("; ".join(problems))

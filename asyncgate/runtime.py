@@ -1,0 +1,86 @@
+"""Building and tearing down the shared resources, in dependency order.
+
+API side: pool -> stores -> group committer. Worker side: pool -> store -> notifications ->
+HTTP session -> upstream -> executor -> worker, plus the sweeper. Each is created here, passed
+explicitly to what needs it, and closed here in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+
+from asyncgate.config import Settings
+from asyncgate.services import Services
+from models.committer import GroupCommitter
+from models.database import Database
+from models.jobs import JobStore
+from models.keys import KeyStore
+from models.notifications import JobNotifications
+from worker.execute import Executor
+from worker.loop import Worker
+from worker.sweeper import Sweeper
+from worker.upstream import Upstream
+
+
+@contextlib.asynccontextmanager
+async def open_database(settings: Settings, url: str) -> AsyncIterator[Database]:
+    db = Database(
+        url,
+        pool_size=settings.database.pool_size,
+        connect_timeout=settings.database.connect_timeout,
+    )
+    await db.open()
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+@contextlib.asynccontextmanager
+async def api_services(settings: Settings, db: Database) -> AsyncIterator[Services]:
+    """What the HTTP handlers need; the committer flushes its queue on the way out."""
+    store = JobStore(db)
+    committer = GroupCommitter(store)
+    committer.start()
+    try:
+        yield Services(
+            settings=settings,
+            db=db,
+            jobs=store,
+            keys=KeyStore(db, cache_seconds=settings.auth.key_cache_seconds),
+            committer=committer,
+        )
+    finally:
+        await committer.stop()
+
+
+@dataclass
+class WorkerRuntime:
+    worker: Worker
+    sweeper: Sweeper
+
+
+@contextlib.asynccontextmanager
+async def worker_runtime(settings: Settings, db: Database) -> AsyncIterator[WorkerRuntime]:
+    """A running worker and sweeper; leaving the block stops them gracefully."""
+    store = JobStore(db)
+    notifications = JobNotifications(db.url)
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=True) as session:
+        upstream = Upstream(session, max_response_bytes=settings.worker.max_response_bytes)
+        executor = Executor(upstream, store, settings.providers, settings.worker)
+        worker = Worker(store, executor, notifications, settings.worker)
+        sweeper = Sweeper(store, settings.sweeper)
+        notifications.start()
+        worker.start()
+        sweeper.start()
+        try:
+            yield WorkerRuntime(worker, sweeper)
+        finally:
+            await sweeper.stop()
+            await worker.stop()
+            await notifications.stop()

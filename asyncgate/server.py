@@ -1,0 +1,104 @@
+"""Running the processes: ``serve`` (API + worker + sweeper), ``api`` and ``worker``.
+
+Every process stops gracefully on SIGTERM or SIGINT and exits 0: the API stops accepting
+connections and finishes open requests; the worker stops claiming, lets running jobs finish
+within the grace period and hands the rest back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+import uvicorn
+
+from asyncgate.app import create_app
+from asyncgate.config import Settings, load_settings
+from asyncgate.logs import configure
+from asyncgate.runtime import open_database, worker_runtime
+
+log = logging.getLogger("asyncgate")
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop when available."""
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every POSIX platform
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main)
+
+
+def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        http="httptools",
+        loop="none",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.worker.shutdown_grace_seconds) + 5,
+        **extra,
+    )
+
+
+def _ignore_signals_after_uvicorn() -> None:
+    # uvicorn re-raises the signal that stopped it once it has shut down; with these handlers
+    # that re-raise is a no-op and the process exits 0 after its graceful shutdown.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+
+
+async def serve_http(settings: Settings, database_url: str, *, run_worker: bool) -> None:
+    """One process serving the API (and, for ``serve``, a worker and the sweeper)."""
+    app = create_app(settings, database_url, run_worker=run_worker)
+    server = uvicorn.Server(_uvicorn_config(app, settings))
+    _ignore_signals_after_uvicorn()
+    log.info(
+        "asyncgate %s listening on http://%s:%d",
+        "serve" if run_worker else "api",
+        settings.server.host,
+        settings.server.port,
+    )
+    await server.serve()
+
+
+def serve_http_processes(settings: Settings, database_url: str) -> None:
+    """``api --processes N``: N processes sharing the port, each built by :func:`app_factory`."""
+    os.environ["ASYNCGATE_DATABASE_URL"] = database_url
+    config = _uvicorn_config(
+        "asyncgate.server:app_factory", settings, factory=True, workers=settings.server.processes
+    )
+    config.loop = "uvloop"
+    uvicorn.Server(config)  # validates the config
+    from uvicorn.supervisors import Multiprocess
+
+    sock = config.bind_socket()
+    Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+
+
+def app_factory() -> Any:
+    """App for one process of ``api --processes N`` (configuration from the environment)."""
+    settings = load_settings()
+    configure(settings.log_level)
+    return create_app(settings, os.environ["ASYNCGATE_DATABASE_URL"])
+
+
+async def run_worker(settings: Settings, database_url: str) -> None:
+    """A worker and sweeper without HTTP, until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_database(settings, database_url) as db, worker_runtime(settings, db):
+        await stop.wait()
+        log.info("stopping worker")

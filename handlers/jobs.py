@@ -1,0 +1,81 @@
+"""Submit and poll for every kind: one generic handler each, bound to the spec's operationIds."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.responses import Response
+
+from asyncgate.errors import JOB_NOT_FOUND, BadRequest, NotFound
+from asyncgate.kinds import Kind
+from handlers import render
+from handlers.auth import resolve_owner
+from handlers.context import headers, services
+from handlers.submission import TTL_HEADER, build_job, parse_ttl, read_files
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+def submit_handler(kind: Kind) -> Handler:
+    """POST: validate what the spec cannot, commit the job, answer 202 with its id."""
+
+    async def submit(body: Any = None, **uploads: Any) -> Response:
+        svc = services()
+        request_headers = headers()
+        owner = await resolve_owner(svc, request_headers, BadRequest("invalid virtual key"))
+        files = await read_files(uploads, svc.settings.limits)
+        job = build_job(
+            kind,
+            body,
+            files,
+            owner_key_id=owner,
+            ttl_seconds=parse_ttl(request_headers.get(TTL_HEADER), svc.settings.jobs),
+            providers=svc.settings.providers,
+        )
+        created_at = await svc.committer.submit(job)
+        return render.accepted(kind, job.id, created_at)
+
+    submit.__name__ = f"submit_{kind.value}"
+    return submit
+
+
+def poll_handler(kind: Kind) -> Handler:
+    """GET: the job if the caller may see it, else 404 with one message for every reason."""
+
+    async def poll(job_id: str) -> Response:
+        svc = services()
+        owner = await resolve_owner(svc, headers(), NotFound(JOB_NOT_FOUND))
+        try:
+            parsed = uuid.UUID(job_id)
+        except ValueError:
+            raise NotFound(JOB_NOT_FOUND) from None
+        view = await svc.jobs.get(parsed, kind, owner)
+        if view is None:
+            raise NotFound(JOB_NOT_FOUND)
+        return render.job(view, svc.settings.jobs.retry_after)
+
+    poll.__name__ = f"poll_{kind.value}"
+    return poll
+
+
+createAsyncTextCompletion = submit_handler(Kind.TEXT_COMPLETION)
+createAsyncChatCompletion = submit_handler(Kind.CHAT_COMPLETION)
+createAsyncResponse = submit_handler(Kind.RESPONSE)
+createAsyncEmbedding = submit_handler(Kind.EMBEDDING)
+createAsyncSpeech = submit_handler(Kind.SPEECH)
+createAsyncTranscription = submit_handler(Kind.TRANSCRIPTION)
+createAsyncImageGeneration = submit_handler(Kind.IMAGE_GENERATION)
+createAsyncImageEdit = submit_handler(Kind.IMAGE_EDIT)
+createAsyncImageVariation = submit_handler(Kind.IMAGE_VARIATION)
+
+getAsyncTextCompletionJob = poll_handler(Kind.TEXT_COMPLETION)
+getAsyncChatCompletionJob = poll_handler(Kind.CHAT_COMPLETION)
+getAsyncResponseJob = poll_handler(Kind.RESPONSE)
+getAsyncEmbeddingJob = poll_handler(Kind.EMBEDDING)
+getAsyncSpeechJob = poll_handler(Kind.SPEECH)
+getAsyncTranscriptionJob = poll_handler(Kind.TRANSCRIPTION)
+getAsyncImageGenerationJob = poll_handler(Kind.IMAGE_GENERATION)
+getAsyncImageEditJob = poll_handler(Kind.IMAGE_EDIT)
+getAsyncImageVariationJob = poll_handler(Kind.IMAGE_VARIATION)

@@ -1,0 +1,75 @@
+"""JSON bodies of job answers and errors, serialised with orjson; stored results pass through."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from asyncgate.kinds import KINDS, Kind
+from models.jobs import JobView
+
+JSON = "application/json"
+
+
+def timestamp(value: datetime) -> str:
+    """RFC 3339 in UTC with a Z suffix."""
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def json_response(body: Any, status_code: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status_code, headers=headers, media_type=JSON)
+
+
+def accepted(kind: Kind, job_id: uuid.UUID, created_at: datetime) -> Response:
+    body = {"id": str(job_id), "status": "pending", "created_at": timestamp(created_at)}
+    return json_response(body, 202, {"Location": f"{KINDS[kind].path}/{job_id}"})
+
+
+def job(view: JobView, retry_after: int) -> Response:
+    """200 with the outcome for a terminal job; 202 with ``Retry-After`` for an unfinished one."""
+    body: dict[str, Any] = {
+        "id": str(view.id),
+        "status": view.status,
+        "created_at": timestamp(view.created_at),
+    }
+    if view.status in ("pending", "processing"):
+        return json_response(body, 202, {"Retry-After": str(retry_after)})
+    if view.completed_at is not None:
+        body["completed_at"] = timestamp(view.completed_at)
+    if view.expires_at is not None:
+        body["expires_at"] = timestamp(view.expires_at)
+    if view.status_code is not None:
+        body["status_code"] = view.status_code
+    if view.result_bytes is not None:
+        body["result"] = {
+            "audio": base64.b64encode(view.result_bytes).decode(),
+            "content_type": view.result_content_type or "application/octet-stream",
+        }
+    elif view.result_json is not None:
+        body["result"] = orjson.Fragment(view.result_json)
+    if view.error is not None:
+        body["error"] = view.error
+    return json_response(body, 200)
+
+
+def error(
+    status_code: int,
+    message: str,
+    *,
+    error_type: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A BifrostError body."""
+    detail: dict[str, Any] = {"message": message}
+    if error_type:
+        detail["type"] = error_type
+    if param:
+        detail["param"] = param
+    body = {"is_bifrost_error": True, "status_code": status_code, "error": detail}
+    return json_response(body, status_code, headers)

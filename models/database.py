@@ -1,0 +1,92 @@
+"""The connection pool every store shares, and the translation of driver failures.
+
+Connections speak UTC and decode ``jsonb`` with orjson. Any failure to reach PostgreSQL surfaces
+as :class:`asyncgate.errors.ServiceUnavailable` so that callers above ``models`` never see a
+driver exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+import psycopg
+import psycopg_pool
+from psycopg.types.json import set_json_dumps, set_json_loads
+
+from asyncgate.errors import ServiceUnavailable
+
+log = logging.getLogger("asyncgate.database")
+
+UNAVAILABLE = "the job database is unavailable; retry shortly"
+
+# Failures that mean "PostgreSQL is not reachable or not answering", as opposed to a bad query.
+_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.errors.AdminShutdown,
+    psycopg.errors.CannotConnectNow,
+    psycopg_pool.PoolTimeout,
+    psycopg_pool.TooManyRequests,
+    psycopg.InterfaceError,
+)
+
+
+def dumps(value: object) -> str:
+    """JSON text of ``value`` (orjson), as stored in jsonb columns."""
+    return orjson.dumps(value).decode()
+
+
+async def _configure(conn: psycopg.AsyncConnection) -> None:
+    set_json_loads(orjson.loads, conn)
+    set_json_dumps(dumps, conn)
+    await conn.execute("SET TIME ZONE 'UTC'")
+
+
+class Database:
+    """A psycopg async pool plus a helper that maps outages to ServiceUnavailable."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self.pool = psycopg_pool.AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            configure=_configure,
+            check=psycopg_pool.AsyncConnectionPool.check_connection,
+            timeout=connect_timeout,
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
+            name="asyncgate",
+        )
+
+    async def open(self) -> None:
+        await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A pooled autocommit connection; outages raise ServiceUnavailable."""
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except _OUTAGE_ERRORS as exc:
+            log.warning("database unavailable: %s", exc.__class__.__name__)
+            raise ServiceUnavailable(UNAVAILABLE) from exc
+
+    async def ping(self) -> bool:
+        """True when PostgreSQL answers a trivial query."""
+        try:
+            async with self.connection() as conn:
+                await conn.execute("SELECT 1")
+            return True
+        except ServiceUnavailable:
+            return False
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) means the database could not be reached."""
+    return isinstance(exc, ServiceUnavailable | _OUTAGE_ERRORS)

@@ -1,0 +1,370 @@
+"""The job store: every statement that reads or changes ``async_jobs`` and ``async_job_files``.
+
+Each state change is one guarded statement: a worker can only move a job it holds
+(``status = 'processing' AND lease_owner = me``), so a worker that lost its lease cannot
+overwrite the result of the job's new owner, and no job reaches two terminal states.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+
+from asyncgate.kinds import Kind
+from models.database import Database, dumps
+
+NOTIFY_CHANNEL = "asyncgate_jobs"
+
+Status = Literal["pending", "processing", "completed", "failed"]
+
+
+@dataclass(slots=True)
+class NewFile:
+    """An uploaded file to keep with its job until the job is deleted."""
+
+    field: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+@dataclass(slots=True)
+class NewJob:
+    """A validated submission, ready to be committed."""
+
+    id: uuid.UUID
+    kind: Kind
+    owner_key_id: int | None
+    provider: str
+    model: str
+    request: dict[str, Any]
+    ttl_seconds: int
+    files: list[NewFile] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class JobView:
+    """What a poll may show; ``result_json`` is the stored JSON text, passed through unparsed."""
+
+    id: uuid.UUID
+    status: Status
+    created_at: datetime
+    completed_at: datetime | None
+    expires_at: datetime | None
+    status_code: int | None
+    result_json: str | None
+    result_bytes: bytes | None
+    result_content_type: str | None
+    error: dict[str, Any] | None
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    """A job this worker now holds under a lease."""
+
+    id: uuid.UUID
+    kind: Kind
+    provider: str
+    model: str
+    request: dict[str, Any]
+    attempts: int
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The terminal state a worker wants to write for a job it holds."""
+
+    id: uuid.UUID
+    status: Literal["completed", "failed"]
+    status_code: int
+    result: Any = None
+    result_bytes: bytes | None = None
+    result_content_type: str | None = None
+    error: dict[str, Any] | None = None
+
+
+# Insert a whole batch of submissions in one statement (group commit): one round trip per batch.
+INSERT_JOBS = """
+INSERT INTO async_jobs (id, kind, owner_key_id, provider, model, request, ttl_seconds)
+SELECT id, kind, owner, provider, model, request::jsonb, ttl
+FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::int[])
+    AS t(id, kind, owner, provider, model, request, ttl)
+RETURNING id, created_at
+"""
+
+# Files of the batch's multipart jobs, in the same transaction as their jobs.
+INSERT_FILES = """
+INSERT INTO async_job_files (job_id, position, field, filename, content_type, data)
+SELECT * FROM unnest(%s::uuid[], %s::smallint[], %s::text[], %s::text[], %s::text[], %s::bytea[])
+"""
+
+# Wake idle workers; delivered at commit, and merged when repeated within one transaction.
+NOTIFY = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
+
+# Poll: expiry is enforced here, on read, whatever the sweeper has done so far.
+GET_JOB = """
+SELECT id, status, created_at, completed_at, expires_at, status_code,
+       result::text, result_bytes, result_content_type, error
+FROM async_jobs
+WHERE id = %s AND kind = %s
+  AND (owner_key_id IS NULL OR owner_key_id = %s)
+  AND (expires_at IS NULL OR expires_at > now())
+"""
+
+# Claim the oldest pending jobs; SKIP LOCKED lets many workers claim at once without waiting.
+CLAIM = """
+UPDATE async_jobs j
+SET status = 'processing', lease_owner = %(owner)s,
+    lease_expires_at = now() + make_interval(secs => %(lease)s),
+    attempts = j.attempts + 1, started_at = coalesce(j.started_at, now())
+FROM (
+    SELECT id FROM async_jobs
+    WHERE status = 'pending'
+    ORDER BY created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) c
+WHERE j.id = c.id
+RETURNING j.id, j.kind, j.provider, j.model, j.request, j.attempts, j.created_at
+"""
+
+# Heartbeat: extend the leases this worker still holds; ids missing from the answer were lost.
+RENEW = """
+UPDATE async_jobs
+SET lease_expires_at = now() + make_interval(secs => %(lease)s)
+WHERE id = ANY(%(ids)s) AND status = 'processing' AND lease_owner = %(owner)s
+RETURNING id
+"""
+
+# Terminal write for a batch of jobs, guarded by state and lease owner.
+FINISH = """
+UPDATE async_jobs j
+SET status = o.status, status_code = o.status_code, result = o.result::jsonb,
+    result_bytes = o.result_bytes, result_content_type = o.content_type,
+    error = o.error::jsonb, completed_at = now(),
+    expires_at = now() + make_interval(secs => j.ttl_seconds),
+    lease_owner = NULL, lease_expires_at = NULL
+FROM unnest(%(ids)s::uuid[], %(statuses)s::text[], %(codes)s::smallint[], %(results)s::text[],
+            %(bytes)s::bytea[], %(types)s::text[], %(errors)s::text[])
+    AS o(id, status, status_code, result, result_bytes, content_type, error)
+WHERE j.id = o.id AND j.status = 'processing' AND j.lease_owner = %(owner)s
+RETURNING j.id
+"""
+
+# Graceful shutdown: hand unfinished jobs back without counting the attempt against them.
+RELEASE = """
+UPDATE async_jobs
+SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+    attempts = greatest(attempts - 1, 0)
+WHERE id = ANY(%(ids)s) AND status = 'processing' AND lease_owner = %(owner)s
+RETURNING id
+"""
+
+# A dead worker's jobs: lease lapsed and attempts left, so they run again.
+REQUEUE_EXPIRED = """
+UPDATE async_jobs
+SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
+WHERE id IN (
+    SELECT id FROM async_jobs
+    WHERE status = 'processing' AND lease_expires_at < now() AND attempts < %(max_attempts)s
+    LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)
+RETURNING id, kind, provider, attempts
+"""
+
+# A dead worker's jobs that used up their attempts fail instead of looping forever.
+FAIL_EXHAUSTED = """
+UPDATE async_jobs
+SET status = 'failed', status_code = 502, error = %(error)s::jsonb || jsonb_build_object(
+        'extra_fields', jsonb_build_object(
+            'provider', provider, 'model_requested', model, 'request_type', kind)),
+    completed_at = now(), expires_at = now() + make_interval(secs => ttl_seconds),
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE id IN (
+    SELECT id FROM async_jobs
+    WHERE status = 'processing' AND lease_expires_at < now() AND attempts >= %(max_attempts)s
+    LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)
+RETURNING id, kind, provider, attempts
+"""
+
+# Jobs that waited pending longer than allowed fail rather than run uselessly late.
+FAIL_STALE_PENDING = """
+UPDATE async_jobs
+SET status = 'failed', status_code = 504, error = %(error)s::jsonb || jsonb_build_object(
+        'extra_fields', jsonb_build_object(
+            'provider', provider, 'model_requested', model, 'request_type', kind)),
+    completed_at = now(), expires_at = now() + make_interval(secs => ttl_seconds)
+WHERE id IN (
+    SELECT id FROM async_jobs
+    WHERE status = 'pending' AND created_at < now() - make_interval(secs => %(max_pending)s)
+    LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)
+RETURNING id, kind, provider, attempts
+"""
+
+# Files go upstream again with the job; read only for multipart kinds.
+GET_FILES = """
+SELECT field, filename, content_type, data FROM async_job_files
+WHERE job_id = %s ORDER BY position
+"""
+
+# Sweeper: expired rows in bounded batches; SKIP LOCKED keeps concurrent sweepers harmless.
+SWEEP = """
+DELETE FROM async_jobs
+WHERE id IN (
+    SELECT id FROM async_jobs WHERE expires_at <= now()
+    ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED
+)
+"""
+
+
+@dataclass(slots=True)
+class Transition:
+    """A job moved by a maintenance statement (requeued or failed), for logging."""
+
+    id: uuid.UUID
+    kind: str
+    provider: str
+    attempts: int
+
+
+class JobStore:
+    """All job SQL behind one object; see each query's comment for why it exists."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- API side -------------------------------------------------------------------------
+
+    async def insert_batch(self, jobs: Sequence[NewJob]) -> dict[uuid.UUID, datetime]:
+        """Commit ``jobs`` (and their files) in one transaction; map each id to its created_at."""
+        async with self.db.connection() as conn, conn.transaction():
+            return await self._insert(conn, jobs)
+
+    @staticmethod
+    async def _insert(
+        conn: psycopg.AsyncConnection, jobs: Sequence[NewJob]
+    ) -> dict[uuid.UUID, datetime]:
+        cur = await conn.execute(
+            INSERT_JOBS,
+            (
+                [j.id for j in jobs],
+                [j.kind.value for j in jobs],
+                [j.owner_key_id for j in jobs],
+                [j.provider for j in jobs],
+                [j.model for j in jobs],
+                [dumps(j.request) for j in jobs],
+                [j.ttl_seconds for j in jobs],
+            ),
+        )
+        created = {row[0]: row[1] for row in await cur.fetchall()}
+        files = [(j.id, pos, f) for j in jobs for pos, f in enumerate(j.files)]
+        if files:
+            await conn.execute(
+                INSERT_FILES,
+                (
+                    [job_id for job_id, _, _ in files],
+                    [pos for _, pos, _ in files],
+                    [f.field for _, _, f in files],
+                    [f.filename for _, _, f in files],
+                    [f.content_type for _, _, f in files],
+                    [f.data for _, _, f in files],
+                ),
+            )
+        await conn.execute(NOTIFY)
+        return created
+
+    async def get(self, job_id: uuid.UUID, kind: Kind, key_id: int | None) -> JobView | None:
+        """The job as its owner (or anyone, for a public job) may see it; None if not visible."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(GET_JOB, (job_id, kind.value, key_id))
+            row = await cur.fetchone()
+        return JobView(*row) if row else None
+
+    # --- worker side ----------------------------------------------------------------------
+
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedJob]:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                CLAIM, {"owner": owner, "limit": limit, "lease": lease_seconds}
+            )
+            rows = await cur.fetchall()
+        return [
+            ClaimedJob(row[0], Kind(row[1]), row[2], row[3], row[4], row[5], row[6]) for row in rows
+        ]
+
+    async def renew(
+        self, owner: str, ids: Iterable[uuid.UUID], lease_seconds: float
+    ) -> set[uuid.UUID]:
+        """Extend the leases; returns the ids still held by ``owner``."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                RENEW, {"owner": owner, "ids": list(ids), "lease": lease_seconds}
+            )
+            return {row[0] for row in await cur.fetchall()}
+
+    async def finish(self, owner: str, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
+        """Write terminal states; returns the ids written (the others were no longer held)."""
+        params = {
+            "owner": owner,
+            "ids": [o.id for o in outcomes],
+            "statuses": [o.status for o in outcomes],
+            "codes": [o.status_code for o in outcomes],
+            "results": [
+                None if o.status == "failed" or o.result_bytes is not None else dumps(o.result)
+                for o in outcomes
+            ],
+            "bytes": [o.result_bytes for o in outcomes],
+            "types": [o.result_content_type for o in outcomes],
+            "errors": [None if o.error is None else dumps(o.error) for o in outcomes],
+        }
+        async with self.db.connection() as conn:
+            cur = await conn.execute(FINISH, params)
+            return {row[0] for row in await cur.fetchall()}
+
+    async def release(self, owner: str, ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """Hand jobs back to pending (graceful shutdown); returns the ids released."""
+        async with self.db.connection() as conn, conn.transaction():
+            cur = await conn.execute(RELEASE, {"owner": owner, "ids": list(ids)})
+            released = {row[0] for row in await cur.fetchall()}
+            if released:
+                await conn.execute(NOTIFY)
+            return released
+
+    async def requeue_expired(
+        self, max_attempts: int, error: dict[str, Any], limit: int = 1000
+    ) -> tuple[list[Transition], list[Transition]]:
+        """Return lapsed leases to pending, or fail them when out of attempts."""
+        params = {"max_attempts": max_attempts, "limit": limit, "error": dumps(error)}
+        async with self.db.connection() as conn, conn.transaction():
+            requeued = await (await conn.execute(REQUEUE_EXPIRED, params)).fetchall()
+            failed = await (await conn.execute(FAIL_EXHAUSTED, params)).fetchall()
+            if requeued:
+                await conn.execute(NOTIFY)
+        return [Transition(*r) for r in requeued], [Transition(*r) for r in failed]
+
+    async def fail_stale_pending(
+        self, max_pending_seconds: float, error: dict[str, Any], limit: int = 1000
+    ) -> list[Transition]:
+        params = {"max_pending": max_pending_seconds, "limit": limit, "error": dumps(error)}
+        async with self.db.connection() as conn:
+            rows = await (await conn.execute(FAIL_STALE_PENDING, params)).fetchall()
+        return [Transition(*r) for r in rows]
+
+    async def files(self, job_id: uuid.UUID) -> list[NewFile]:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(GET_FILES, (job_id,))
+            return [NewFile(*row) for row in await cur.fetchall()]
+
+    async def sweep(self, batch: int) -> int:
+        """Delete up to ``batch`` expired jobs (files go with them); returns how many."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(SWEEP, (batch,))
+            return cur.rowcount

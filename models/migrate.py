@@ -1,0 +1,53 @@
+"""Alembic migrations, serialised by an advisory lock so many processes may start at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, text
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+_LOCK_ID = 0x61737967  # "asyg": one lock for every asyncgate process on the database
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The SQLAlchemy form (psycopg 3 driver) of a libpq URL."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the database at ``url`` to ``revision``."""
+    _run(url, lambda config: command.upgrade(config, revision))
+
+
+def downgrade(url: str, revision: str) -> None:
+    _run(url, lambda config: command.downgrade(config, revision))
+
+
+def _run(url: str, action) -> None:  # type: ignore[no-untyped-def]
+    engine = create_engine(sqlalchemy_url(url))
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _LOCK_ID})
+            connection.commit()
+            try:
+                config = alembic_config()
+                config.attributes["connection"] = connection
+                action(config)
+                connection.commit()
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _LOCK_ID})
+                connection.commit()
+    finally:
+        engine.dispose()

@@ -1,0 +1,194 @@
+"""The schema as SQLAlchemy Core tables: the reference the migrations are checked against.
+
+Runtime SQL is written by hand in :mod:`models.jobs` and :mod:`models.keys`; these definitions
+exist for alembic and for DBAs reading the code. Every table and column carries a comment that
+ends up in PostgreSQL (``\\d+ async_jobs`` shows it).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+from asyncgate.kinds import Kind
+
+metadata = MetaData(
+    naming_convention={
+        "pk": "%(table_name)s_pkey",
+        "fk": "%(table_name)s_%(column_0_name)s_fkey",
+        "ck": "%(table_name)s_%(constraint_name)s_check",
+        "uq": "%(table_name)s_%(column_0_name)s_key",
+        "ix": "%(table_name)s_%(column_0_name)s_idx",
+    }
+)
+
+STATUSES = ("pending", "processing", "completed", "failed")
+_kinds_sql = ", ".join(f"'{k.value}'" for k in Kind)
+_statuses_sql = ", ".join(f"'{s}'" for s in STATUSES)
+
+virtual_keys = Table(
+    "virtual_keys",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True, comment="Surrogate key."),
+    Column("name", Text, nullable=False, unique=True, comment="Human name given at creation."),
+    Column(
+        "key_hash",
+        LargeBinary,
+        nullable=False,
+        unique=True,
+        comment="SHA-256 of the full key; the key itself is never stored.",
+    ),
+    Column(
+        "created_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=text("now()"),
+        comment="When the key was created.",
+    ),
+    Column(
+        "disabled_at",
+        DateTime(timezone=True),
+        comment="When the key was disabled; a disabled key is treated as unknown.",
+    ),
+    CheckConstraint("octet_length(key_hash) = 32", name="key_hash_length"),
+    comment="Virtual keys (sk-bf-...) that own jobs; only their hashes are kept.",
+)
+
+async_jobs = Table(
+    "async_jobs",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, comment="Job id returned to the client."),
+    Column("kind", Text, nullable=False, comment="Kind of inference request (request_type)."),
+    Column(
+        "status",
+        Text,
+        nullable=False,
+        server_default=text("'pending'"),
+        comment="pending -> processing -> completed | failed; processing may return to pending.",
+    ),
+    Column(
+        "owner_key_id",
+        BigInteger,
+        ForeignKey("virtual_keys.id"),
+        comment="Virtual key that submitted the job; NULL for a public job.",
+    ),
+    Column("provider", Text, nullable=False, comment="Provider named by the requested model."),
+    Column("model", Text, nullable=False, comment="Requested model as provider/model."),
+    Column(
+        "request",
+        JSONB,
+        nullable=False,
+        comment="The request body as accepted (uploaded files are in async_job_files).",
+    ),
+    Column(
+        "ttl_seconds",
+        Integer,
+        nullable=False,
+        comment="Seconds the result is kept after completion.",
+    ),
+    Column("result", JSONB, comment="Upstream JSON answer of a completed job."),
+    Column("result_bytes", LargeBinary, comment="Upstream binary answer (speech audio)."),
+    Column("result_content_type", Text, comment="Content type of result_bytes."),
+    Column(
+        "status_code",
+        SmallInteger,
+        comment="HTTP status of the final upstream answer, or 502/504 for gateway-side failures.",
+    ),
+    Column("error", JSONB, comment="BifrostError body of a failed job."),
+    Column(
+        "attempts",
+        Integer,
+        nullable=False,
+        server_default=text("0"),
+        comment="Executions started (claims); a handed-back job does not count.",
+    ),
+    Column("lease_owner", Text, comment="Worker holding the job while it is processing."),
+    Column(
+        "lease_expires_at",
+        DateTime(timezone=True),
+        comment="When the lease lapses unless renewed; then the job is claimed again.",
+    ),
+    Column(
+        "created_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=text("now()"),
+        comment="When the job was accepted (its 202 was sent after this commit).",
+    ),
+    Column("started_at", DateTime(timezone=True), comment="First claim by a worker."),
+    Column("completed_at", DateTime(timezone=True), comment="When the job became terminal."),
+    Column(
+        "expires_at",
+        DateTime(timezone=True),
+        comment="completed_at + ttl_seconds; after it polls answer 404 and the sweeper deletes.",
+    ),
+    CheckConstraint(f"kind IN ({_kinds_sql})", name="kind"),
+    CheckConstraint(f"status IN ({_statuses_sql})", name="status"),
+    CheckConstraint("ttl_seconds > 0", name="ttl_positive"),
+    CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+    CheckConstraint(
+        "status <> 'processing' OR (lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL)",
+        name="processing_has_lease",
+    ),
+    CheckConstraint(
+        "status NOT IN ('completed', 'failed') "
+        "OR (completed_at IS NOT NULL AND expires_at IS NOT NULL AND lease_owner IS NULL)",
+        name="terminal_has_times",
+    ),
+    CheckConstraint(
+        "status <> 'completed' OR result IS NOT NULL OR result_bytes IS NOT NULL",
+        name="completed_has_result",
+    ),
+    CheckConstraint("status <> 'failed' OR error IS NOT NULL", name="failed_has_error"),
+    Index(
+        "async_jobs_pending_idx",
+        "created_at",
+        postgresql_where=text("status = 'pending'"),
+    ),
+    Index(
+        "async_jobs_lease_idx",
+        "lease_expires_at",
+        postgresql_where=text("status = 'processing'"),
+    ),
+    Index(
+        "async_jobs_expires_idx",
+        "expires_at",
+        postgresql_where=text("expires_at IS NOT NULL"),
+    ),
+    comment="One row per async inference job, from submit until the sweeper deletes it.",
+)
+
+async_job_files = Table(
+    "async_job_files",
+    metadata,
+    Column(
+        "job_id",
+        UUID(as_uuid=True),
+        ForeignKey("async_jobs.id", ondelete="CASCADE"),
+        nullable=False,
+        comment="Job the file was uploaded with; deleted with it.",
+    ),
+    Column("position", SmallInteger, nullable=False, comment="Order of the file in the upload."),
+    Column("field", Text, nullable=False, comment="Multipart field name (file, image, mask...)."),
+    Column("filename", Text, comment="File name sent by the client."),
+    Column("content_type", Text, comment="Content type sent by the client."),
+    Column("data", LargeBinary, nullable=False, comment="File contents."),
+    PrimaryKeyConstraint("job_id", "position"),
+    comment="Files uploaded with multipart jobs (transcriptions, image edits and variations).",
+)

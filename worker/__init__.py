@@ -1,0 +1,1 @@
+"""Execution: the claim loop, upstream providers, retries and the sweeper."""

@@ -1,0 +1,143 @@
+"""Running one claimed job: retries with backoff, then fallbacks, all within a deadline.
+
+The order is: the requested model, tried up to ``retry_tries`` times while failures are
+transient; then each fallback the same way; then the job fails with the last upstream error.
+Permanent failures (400, 401, 403, 404, 422, unusable answers) skip straight to the next model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from asyncgate.config import ProviderConfig, WorkerConfig
+from asyncgate.kinds import KINDS
+from asyncgate.routing import candidate_models, split_model
+from models.jobs import ClaimedJob, JobStore, NewFile, Outcome
+from worker.upstream import Upstream, UpstreamError, UpstreamReply, upstream_body
+
+log = logging.getLogger("asyncgate.worker")
+
+
+def backoff_delay(try_number: int, config: WorkerConfig, retry_after: float | None) -> float:
+    """Seconds to wait before try ``try_number + 1``: the upstream's Retry-After when it gave one,
+    else exponential backoff with full jitter; never more than ``retry_max_seconds``."""
+    if retry_after is not None:
+        return min(retry_after, config.retry_max_seconds)
+    ceiling = min(config.retry_max_seconds, config.retry_base_seconds * 2**try_number)
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def failure_outcome(job: ClaimedJob, exc: UpstreamError, model: str) -> Outcome:
+    """The failed-job record of an upstream error, in the BifrostError shape."""
+    provider = split_model(model)
+    error: dict[str, Any] = {
+        "is_bifrost_error": not exc.from_upstream,
+        "status_code": exc.status_code,
+        "error": {"type": exc.error_type, "message": exc.message},
+        "extra_fields": {
+            "provider": provider[0] if provider else job.provider,
+            "model_requested": job.model,
+            "request_type": job.kind.value,
+        },
+    }
+    if exc.code is not None:
+        error["error"]["code"] = exc.code
+    if exc.param is not None:
+        error["error"]["param"] = exc.param
+    return Outcome(job.id, "failed", exc.status_code, error=error)
+
+
+def success_outcome(job: ClaimedJob, reply: UpstreamReply) -> Outcome:
+    if reply.body is not None:
+        return Outcome(
+            job.id,
+            "completed",
+            reply.status_code,
+            result_bytes=reply.body,
+            result_content_type=reply.content_type,
+        )
+    return Outcome(job.id, "completed", reply.status_code, result=reply.result)
+
+
+class Executor:
+    """Turns a claimed job into an :class:`Outcome`; never raises for upstream trouble."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        store: JobStore,
+        providers: Mapping[str, ProviderConfig],
+        config: WorkerConfig,
+    ) -> None:
+        self.upstream = upstream
+        self.store = store
+        self.providers = providers
+        self.config = config
+        # One cap per provider for the whole process, so a slow provider cannot take every slot.
+        self.caps = {name: asyncio.Semaphore(p.max_concurrency) for name, p in providers.items()}
+
+    async def run(self, job: ClaimedJob) -> Outcome:
+        try:
+            async with asyncio.timeout(self.config.max_job_seconds):
+                return await self._run(job)
+        except TimeoutError:
+            timeout = UpstreamError(
+                f"job exceeded its maximum run time of {self.config.max_job_seconds:g}s",
+                status_code=504,
+                error_type="job_deadline_exceeded",
+            )
+            return failure_outcome(job, timeout, job.model)
+
+    async def _run(self, job: ClaimedJob) -> Outcome:
+        files = await self.store.files(job.id) if KINDS[job.kind].multipart else []
+        last: UpstreamError | None = None
+        last_model = job.model
+        for model in candidate_models(job.request):
+            parsed = split_model(model)
+            provider = self.providers.get(parsed[0]) if parsed else None
+            if parsed is None or provider is None:
+                last = UpstreamError(
+                    f"model {model!r} names no configured provider",
+                    status_code=502,
+                    error_type="provider_not_configured",
+                )
+                continue
+            last_model = model
+            body = upstream_body(job.request, parsed[1])
+            try:
+                reply = await self._try(job, provider, body, files)
+                return success_outcome(job, reply)
+            except UpstreamError as exc:
+                last = exc
+                log.info(
+                    "job %s kind=%s provider=%s model=%s upstream failed: %s (%s)",
+                    job.id,
+                    job.kind.value,
+                    provider.name,
+                    parsed[1],
+                    exc.status_code,
+                    exc.message,
+                )
+        assert last is not None
+        return failure_outcome(job, last, last_model)
+
+    async def _try(
+        self,
+        job: ClaimedJob,
+        provider: ProviderConfig,
+        body: dict[str, Any],
+        files: list[NewFile],
+    ) -> UpstreamReply:
+        for try_number in range(self.config.retry_tries):
+            try:
+                async with self.caps[provider.name]:
+                    return await self.upstream.send(provider, job.kind, body, files, job.id)
+            except UpstreamError as exc:
+                if not exc.transient or try_number + 1 == self.config.retry_tries:
+                    raise
+                await asyncio.sleep(backoff_delay(try_number, self.config, exc.retry_after))
+        raise AssertionError("unreachable: the last try raises")

@@ -1,0 +1,243 @@
+"""The worker: claims jobs under a lease, keeps the lease alive, runs them, writes the result.
+
+Scale-out needs nothing in-process: any number of workers on any number of machines claim
+with ``FOR UPDATE SKIP LOCKED``; a worker that dies stops renewing and its jobs are claimed
+again once their lease lapses; a worker that lost a lease cannot write over the new owner.
+
+Stopping (SIGTERM): claiming stops at once, running jobs get ``shutdown_grace_seconds`` to
+finish, and whatever is still running is handed back to ``pending`` without using an attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from asyncgate.config import WorkerConfig
+from models.database import is_outage
+from models.jobs import ClaimedJob, JobStore, Outcome, Transition
+from models.notifications import JobNotifications
+from worker.execute import Executor
+
+log = logging.getLogger("asyncgate.worker")
+
+EXHAUSTED_ERROR = {
+    "is_bifrost_error": True,
+    "status_code": 502,
+    "error": {
+        "type": "attempts_exhausted",
+        "message": "the job's worker stopped before finishing, and it has used all its attempts",
+    },
+}
+STALE_ERROR = {
+    "is_bifrost_error": True,
+    "status_code": 504,
+    "error": {
+        "type": "pending_deadline_exceeded",
+        "message": "the job waited too long for a worker and was not run",
+    },
+}
+
+
+def worker_id() -> str:
+    """A lease owner name unique across hosts, processes and restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class _Running:
+    job: ClaimedJob
+    task: asyncio.Task[None]
+    started: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    """One process's claim loop; ``run`` until ``stop``."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        executor: Executor,
+        notifications: JobNotifications,
+        config: WorkerConfig,
+        *,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.notifications = notifications
+        self.config = config
+        self.owner = owner or worker_id()
+        self.running: dict[uuid.UUID, _Running] = {}
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._claim_forever(), name="worker-claim"),
+            asyncio.create_task(self._renew_forever(), name="worker-renew"),
+            asyncio.create_task(self._reap_forever(), name="worker-reap"),
+        ]
+        log.info("worker %s started (concurrency %d)", self.owner, self.config.concurrency)
+
+    async def stop(self) -> None:
+        """Stop claiming, let running jobs finish within the grace period, hand back the rest."""
+        self._stopping.set()
+        self.notifications.event.set()
+        claim_task = self._tasks[0] if self._tasks else None
+        if claim_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await claim_task
+        tasks = [r.task for r in self.running.values()]
+        if tasks:
+            log.info("worker %s waiting for %d running job(s)", self.owner, len(tasks))
+            await asyncio.wait(tasks, timeout=self.config.shutdown_grace_seconds)
+        leftovers = dict(self.running)
+        for running in leftovers.values():
+            running.task.cancel()
+        await asyncio.gather(*(r.task for r in leftovers.values()), return_exceptions=True)
+        if leftovers:
+            await self._release(list(leftovers))
+        for task in self._tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+        log.info("worker %s stopped", self.owner)
+
+    async def _release(self, ids: list[uuid.UUID]) -> None:
+        try:
+            released = await self.store.release(self.owner, ids)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            log.warning("could not hand back %d job(s); their leases will lapse", len(ids))
+            return
+        for job_id in released:
+            log.info("job %s handed back to pending", job_id)
+
+    # --- claiming -------------------------------------------------------------------------
+
+    async def _claim_forever(self) -> None:
+        config = self.config
+        while not self._stopping.is_set():
+            free = config.concurrency - len(self.running)
+            wanted = min(free, config.claim_batch)
+            jobs: list[ClaimedJob] = []
+            if wanted > 0:
+                try:
+                    jobs = await self.store.claim(self.owner, wanted, config.lease_seconds)
+                except Exception as exc:
+                    if not is_outage(exc):
+                        log.exception("claim failed")
+                    await asyncio.sleep(config.poll_seconds)
+                    continue
+                for job in jobs:
+                    self._start(job)
+            if wanted > 0 and len(jobs) == wanted:
+                continue
+            await self.notifications.wait(config.poll_seconds)
+
+    def _start(self, job: ClaimedJob) -> None:
+        log.info(
+            "job %s kind=%s provider=%s processing attempt=%d",
+            job.id,
+            job.kind.value,
+            job.provider,
+            job.attempts,
+        )
+        task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
+        self.running[job.id] = _Running(job, task)
+
+    async def _execute(self, job: ClaimedJob) -> None:
+        try:
+            outcome = await self.executor.run(job)
+            await self._finish(job, outcome)
+        finally:
+            self.running.pop(job.id, None)
+            self.notifications.event.set()  # a slot is free
+
+    async def _finish(self, job: ClaimedJob, outcome: Outcome) -> None:
+        """Write the terminal state, retrying through a database outage while the lease may hold."""
+        started = self.running[job.id].started if job.id in self.running else time.monotonic()
+        delay = 0.1
+        while True:
+            try:
+                written = await self.store.finish(self.owner, [outcome])
+                break
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                log.warning("job %s result kept in memory; database unavailable", job.id)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        duration_ms = (time.monotonic() - started) * 1000
+        if job.id in written:
+            log.info(
+                "job %s kind=%s provider=%s %s status=%d duration_ms=%.0f",
+                job.id,
+                job.kind.value,
+                job.provider,
+                outcome.status,
+                outcome.status_code,
+                duration_ms,
+            )
+        else:
+            log.warning("job %s lease lost before its result was written; result dropped", job.id)
+
+    # --- leases ---------------------------------------------------------------------------
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.renew_seconds)
+            ids = list(self.running)
+            if not ids:
+                continue
+            try:
+                held = await self.store.renew(self.owner, ids, self.config.lease_seconds)
+            except Exception as exc:
+                if not is_outage(exc):
+                    log.exception("lease renewal failed")
+                continue
+            for job_id in set(ids) - held:
+                running = self.running.get(job_id)
+                if running is not None and not running.task.done():
+                    log.warning("job %s lease lost; abandoning this execution", job_id)
+                    running.task.cancel()
+
+    async def _reap_forever(self) -> None:
+        interval = max(0.2, min(self.config.lease_seconds / 2, self.config.poll_seconds * 5))
+        while True:
+            try:
+                requeued, failed = await self.store.requeue_expired(
+                    self.config.max_attempts, EXHAUSTED_ERROR
+                )
+                stale = await self.store.fail_stale_pending(
+                    self.config.max_pending_seconds, STALE_ERROR
+                )
+            except Exception as exc:
+                if not is_outage(exc):
+                    log.exception("lease reaper failed")
+            else:
+                _log_transitions(requeued, "lease expired; back to pending")
+                _log_transitions(failed, "failed: attempts exhausted")
+                _log_transitions(stale, "failed: waited too long in pending")
+            await asyncio.sleep(interval)
+
+
+def _log_transitions(transitions: list[Transition], what: str) -> None:
+    for t in transitions:
+        log.info(
+            "job %s kind=%s provider=%s %s (attempts=%d)",
+            t.id,
+            t.kind,
+            t.provider,
+            what,
+            t.attempts,
+        )
