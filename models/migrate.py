@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _LOCK_ID = 0x61737967  # "asyg": one lock for every asyncgate process on the database
-
-
-def sqlalchemy_url(url: str) -> str:
-    """The SQLAlchemy form (psycopg 3 driver) of a libpq URL."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
 
 
 def alembic_config() -> Config:
@@ -36,7 +29,8 @@ def downgrade(url: str, revision: str) -> None:
 
 
 def _run(url: str, action) -> None:  # type: ignore[no-untyped-def]
-    engine = create_engine(sqlalchemy_url(url))
+    # A creator accepts any libpq connection string, URL or key=value form alike.
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(url))
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _LOCK_ID})
