@@ -75,15 +75,19 @@ async def serve_http(settings: Settings, database_url: str, *, run_worker: bool)
 def serve_http_processes(settings: Settings, database_url: str) -> None:
     """``api --processes N``: N processes sharing the port, each built by :func:`app_factory`."""
     os.environ["ASYNCGATE_DATABASE_URL"] = database_url
-    config = _uvicorn_config(
-        "asyncgate.server:app_factory", settings, factory=True, workers=settings.server.processes
+    uvicorn.run(
+        "asyncgate.server:app_factory",
+        factory=True,
+        workers=settings.server.processes,
+        host=settings.server.host,
+        port=settings.server.port,
+        http="httptools",
+        loop="uvloop",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.worker.shutdown_grace_seconds) + 5,
     )
-    config.loop = "uvloop"
-    uvicorn.Server(config)  # validates the config
-    from uvicorn.supervisors import Multiprocess
-
-    sock = config.bind_socket()
-    Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
 
 
 def app_factory() -> Any:

@@ -68,7 +68,7 @@ def problem(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
 def http_error(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     assert isinstance(exc, HTTPException)
     message = _MESSAGES.get(exc.status_code) or str(exc.detail)
-    return _respond(exc.status_code, message, headers=exc.headers)
+    return _respond(exc.status_code, message, headers=dict(exc.headers or {}))
 
 
 def malformed_body(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -28,7 +29,7 @@ def downgrade(url: str, revision: str) -> None:
     _run(url, lambda config: command.downgrade(config, revision))
 
 
-def _run(url: str, action) -> None:  # type: ignore[no-untyped-def]
+def _run(url: str, action: Callable[[Config], None]) -> None:
     # A creator accepts any libpq connection string, URL or key=value form alike.
     engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(url))
     try:
