@@ -16,28 +16,14 @@ from connexion.middleware import MiddlewarePosition
 from connexion.middleware.main import ConnexionMiddleware
 from connexion.middleware.security import SecurityMiddleware
 from connexion.options import SwaggerUIOptions
-from connexion.validators import VALIDATOR_MAP, ParameterValidator
 
 from asyncgate.config import Settings
 from asyncgate.runtime import api_services, open_database, worker_runtime
+from asyncgate.validation import validator_map
 from handlers import errors
 from handlers.limits import BodyLimitMiddleware
-from handlers.submission import TTL_HEADER
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "spec"
-
-
-class LenientTTLParameterValidator(ParameterValidator):
-    """Connexion's parameter validator, except for the TTL header.
-
-    The contract says a missing, non-numeric, zero or negative TTL falls back to the default
-    rather than failing the request, so that header is parsed by the handler instead.
-    """
-
-    def validate_header_parameter(self, param: dict[str, Any], request: Any) -> Any:
-        if param["name"].lower() == TTL_HEADER:
-            return None
-        return super().validate_header_parameter(param, request)
 
 
 def create_app(settings: Settings, database_url: str, *, run_worker: bool = False) -> AsyncApp:
@@ -67,7 +53,7 @@ def create_app(settings: Settings, database_url: str, *, run_worker: bool = Fals
     )
     app.add_api(
         "openapi.yaml",
-        validator_map={**VALIDATOR_MAP, "parameter": LenientTTLParameterValidator},
+        validator_map=validator_map(),
         strict_validation=False,
     )
     errors.register(app)
