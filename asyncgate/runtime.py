@@ -15,7 +15,7 @@ import aiohttp
 
 from asyncgate.config import Settings
 from asyncgate.services import Services
-from models.committer import GroupCommitter
+from models.committer import group_committer
 from models.database import Database
 from models.jobs import JobStore
 from models.keys import KeyStore
@@ -44,7 +44,7 @@ async def open_database(settings: Settings, url: str) -> AsyncIterator[Database]
 async def api_services(settings: Settings, db: Database) -> AsyncIterator[Services]:
     """What the HTTP handlers need; the committer flushes its queue on the way out."""
     store = JobStore(db)
-    committer = GroupCommitter(store)
+    committer = group_committer(store)
     committer.start()
     try:
         yield Services(

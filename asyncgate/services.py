@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from asyncgate.config import Settings
-from models.committer import GroupCommitter
+from models.batching import Batcher
 from models.database import Database
-from models.jobs import JobStore
+from models.jobs import JobStore, NewJob
 from models.keys import KeyStore
 
 
@@ -17,4 +18,4 @@ class Services:
     db: Database
     jobs: JobStore
     keys: KeyStore
-    committer: GroupCommitter
+    committer: Batcher[NewJob, datetime]

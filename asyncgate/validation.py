@@ -14,7 +14,14 @@ from typing import Any
 import orjson
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import BadRequestProblem
-from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
+from connexion.validators import (
+    VALIDATOR_MAP,
+    JSONRequestBodyValidator,
+    MultiPartFormDataValidator,
+    ParameterValidator,
+)
+from starlette.datastructures import FormData
+from starlette.formparsers import MultiPartParser
 from starlette.types import Scope
 
 from handlers.submission import TTL_HEADER
@@ -54,7 +61,31 @@ def cached_json_validator() -> type[JSONRequestBodyValidator]:
     return CachedJSONRequestBodyValidator
 
 
+class _ClosingMultiPartParser(MultiPartParser):
+    """Starlette's parser whose uploads come back closed."""
+
+    async def parse(self) -> FormData:
+        form = await super().parse()
+        await form.close()
+        return form
+
+
+class ClosingMultiPartValidator(MultiPartFormDataValidator):
+    """Connexion's multipart validator, closing the uploads it parsed: it looks only at their
+    field names, and an unclosed upload waits for the garbage collector (a ResourceWarning)."""
+
+    @property
+    def _form_parser_cls(self) -> type[MultiPartParser]:
+        return _ClosingMultiPartParser
+
+
 def validator_map() -> dict[str, Any]:
     """The validators for one app (each app gets its own schema cache)."""
-    body = MediaTypeDict({**VALIDATOR_MAP["body"], "*/*json": cached_json_validator()})
+    body = MediaTypeDict(
+        {
+            **VALIDATOR_MAP["body"],
+            "*/*json": cached_json_validator(),
+            "multipart/form-data": ClosingMultiPartValidator,
+        }
+    )
     return {**VALIDATOR_MAP, "parameter": LenientTTLParameterValidator, "body": body}

@@ -8,9 +8,10 @@ overwrite the result of the job's new owner, and no job reaches two terminal sta
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import psycopg
@@ -89,6 +90,15 @@ class Outcome:
     error: dict[str, Any] | None = None
 
 
+TERMINAL = ("completed", "failed")
+_CACHEABLE_BYTES = 64 * 1024
+
+
+def _small(view: JobView) -> bool:
+    size = len(view.result_json or "") + len(view.result_bytes or b"")
+    return size <= _CACHEABLE_BYTES
+
+
 # Insert a whole batch of submissions in one statement (group commit): one round trip per batch.
 INSERT_JOBS = """
 INSERT INTO async_jobs (id, kind, owner_key_id, provider, model, request, ttl_seconds)
@@ -147,7 +157,11 @@ FINISH = """
 UPDATE async_jobs j
 SET status = o.status, status_code = o.status_code, result = o.result::jsonb,
     result_bytes = o.result_bytes, result_content_type = o.content_type,
-    error = o.error::jsonb, completed_at = now(),
+    -- extra_fields default to the job's own provider, model and kind; the worker's win.
+    error = jsonb_build_object('extra_fields', jsonb_build_object(
+                'provider', j.provider, 'model_requested', j.model, 'request_type', j.kind))
+            || o.error::jsonb,
+    completed_at = now(),
     expires_at = now() + make_interval(secs => j.ttl_seconds),
     lease_owner = NULL, lease_expires_at = NULL
 FROM unnest(%(ids)s::uuid[], %(statuses)s::text[], %(codes)s::smallint[], %(results)s::text[],
@@ -225,6 +239,34 @@ WHERE id IN (
 """
 
 
+def _finish_params(owner: str, outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    return {
+        "owner": owner,
+        "ids": [o.id for o in outcomes],
+        "statuses": [o.status for o in outcomes],
+        "codes": [o.status_code for o in outcomes],
+        "results": [
+            None if o.status == "failed" or o.result_bytes is not None else dumps(o.result)
+            for o in outcomes
+        ],
+        "bytes": [o.result_bytes for o in outcomes],
+        "types": [o.result_content_type for o in outcomes],
+        "errors": [None if o.error is None else dumps(o.error) for o in outcomes],
+    }
+
+
+def _unstorable(outcome: Outcome, exc: psycopg.DataError) -> Outcome:
+    error = {
+        "is_bifrost_error": True,
+        "status_code": 502,
+        "error": {
+            "type": "upstream_invalid_response",
+            "message": f"the upstream answer cannot be stored: {exc.diag.message_primary}",
+        },
+    }
+    return Outcome(outcome.id, "failed", 502, error=error)
+
+
 @dataclass(slots=True)
 class Transition:
     """A job moved by a maintenance statement (requeued or failed), for logging."""
@@ -236,10 +278,16 @@ class Transition:
 
 
 class JobStore:
-    """All job SQL behind one object; see each query's comment for why it exists."""
+    """All job SQL behind one object; see each query's comment for why it exists.
 
-    def __init__(self, db: Database) -> None:
+    Terminal jobs never change again (every write is guarded by ``status = 'processing'``), so
+    polls of them are answered from a small per-process cache, checked for expiry on every hit.
+    """
+
+    def __init__(self, db: Database, *, cache_size: int = 10_000) -> None:
         self.db = db
+        self.cache_size = cache_size
+        self._terminal: OrderedDict[tuple[uuid.UUID, Kind, int | None], JobView] = OrderedDict()
 
     # --- API side -------------------------------------------------------------------------
 
@@ -283,10 +331,25 @@ class JobStore:
 
     async def get(self, job_id: uuid.UUID, kind: Kind, key_id: int | None) -> JobView | None:
         """The job as its owner (or anyone, for a public job) may see it; None if not visible."""
+        cache_key = (job_id, kind, key_id)
+        view = self._terminal.get(cache_key)
+        if view is not None:
+            assert view.expires_at is not None
+            if view.expires_at > datetime.now(UTC):
+                return view
+            del self._terminal[cache_key]
+            return None
         async with self.db.connection() as conn:
             cur = await conn.execute(GET_JOB, (job_id, kind.value, key_id))
             row = await cur.fetchone()
-        return JobView(*row) if row else None
+        if row is None:
+            return None
+        view = JobView(*row)
+        if view.status in TERMINAL and _small(view) and self.cache_size > 0:
+            self._terminal[cache_key] = view
+            if len(self._terminal) > self.cache_size:
+                self._terminal.popitem(last=False)
+        return view
 
     # --- worker side ----------------------------------------------------------------------
 
@@ -311,23 +374,19 @@ class JobStore:
             return {row[0] for row in await cur.fetchall()}
 
     async def finish(self, owner: str, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
-        """Write terminal states; returns the ids written (the others were no longer held)."""
-        params = {
-            "owner": owner,
-            "ids": [o.id for o in outcomes],
-            "statuses": [o.status for o in outcomes],
-            "codes": [o.status_code for o in outcomes],
-            "results": [
-                None if o.status == "failed" or o.result_bytes is not None else dumps(o.result)
-                for o in outcomes
-            ],
-            "bytes": [o.result_bytes for o in outcomes],
-            "types": [o.result_content_type for o in outcomes],
-            "errors": [None if o.error is None else dumps(o.error) for o in outcomes],
-        }
-        async with self.db.connection() as conn:
-            cur = await conn.execute(FINISH, params)
-            return {row[0] for row in await cur.fetchall()}
+        """Write terminal states; returns the ids written (the others were no longer held).
+
+        A result PostgreSQL refuses to store (say, JSON with a NUL character) fails its job with
+        that reason instead of sinking the batch.
+        """
+        try:
+            async with self.db.connection() as conn:
+                cur = await conn.execute(FINISH, _finish_params(owner, outcomes))
+                return {row[0] for row in await cur.fetchall()}
+        except psycopg.DataError as exc:
+            if len(outcomes) > 1:
+                return {i for o in outcomes for i in await self.finish(owner, [o])}
+            return await self.finish(owner, [_unstorable(outcomes[0], exc)])
 
     async def release(self, owner: str, ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
         """Hand jobs back to pending (graceful shutdown); returns the ids released."""

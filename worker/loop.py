@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from asyncgate.config import WorkerConfig
+from models.batching import Batcher
 from models.database import is_outage
 from models.jobs import ClaimedJob, JobStore, Outcome, Transition
 from models.notifications import JobNotifications
@@ -77,10 +78,12 @@ class Worker:
         self.running: dict[uuid.UUID, _Running] = {}
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._finisher: Batcher[Outcome, bool] = Batcher(self._write_outcomes, name="finish")
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._finisher.start()
         self._tasks = [
             asyncio.create_task(self._claim_forever(), name="worker-claim"),
             asyncio.create_task(self._renew_forever(), name="worker-renew"),
@@ -109,6 +112,7 @@ class Worker:
         for task in self._tasks[1:]:
             task.cancel()
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+        await self._finisher.stop()
         log.info("worker %s stopped", self.owner)
 
     async def _release(self, ids: list[uuid.UUID]) -> None:
@@ -169,7 +173,7 @@ class Worker:
         delay = 0.1
         while True:
             try:
-                written = await self.store.finish(self.owner, [outcome])
+                written = await self._finisher.submit(outcome)
                 break
             except Exception as exc:
                 if not is_outage(exc):
@@ -178,7 +182,7 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         duration_ms = (time.monotonic() - started) * 1000
-        if job.id in written:
+        if written:
             log.info(
                 "job %s kind=%s provider=%s %s status=%d duration_ms=%.0f",
                 job.id,
@@ -190,6 +194,11 @@ class Worker:
             )
         else:
             log.warning("job %s lease lost before its result was written; result dropped", job.id)
+
+    async def _write_outcomes(self, outcomes: list[Outcome]) -> list[bool]:
+        """One guarded statement for a batch of terminal writes; False where the lease was lost."""
+        written = await self.store.finish(self.owner, outcomes)
+        return [outcome.id in written for outcome in outcomes]
 
     # --- leases ---------------------------------------------------------------------------
 
