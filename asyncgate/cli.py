@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             server.run(server.serve_http(settings, url, run_worker=True))
         elif args.command == "api" and settings.server.processes > 1:
-            server.serve_http_processes(settings, url)
+            server.serve_http_processes(settings, url, args.config)
         elif args.command == "api":
             server.run(server.serve_http(settings, url, run_worker=False))
         else:

@@ -72,9 +72,15 @@ async def serve_http(settings: Settings, database_url: str, *, run_worker: bool)
     await server.serve()
 
 
-def serve_http_processes(settings: Settings, database_url: str) -> None:
-    """``api --processes N``: N processes sharing the port, each built by :func:`app_factory`."""
+def serve_http_processes(settings: Settings, database_url: str, config_path: str | None) -> None:
+    """``api --processes N``: N processes sharing the port, each built by :func:`app_factory`.
+
+    The children read the same configuration: the file and database URL travel in the
+    environment.
+    """
     os.environ["ASYNCGATE_DATABASE_URL"] = database_url
+    if config_path:
+        os.environ["ASYNCGATE_CONFIG"] = os.path.abspath(config_path)
     uvicorn.run(
         "asyncgate.server:app_factory",
         factory=True,
