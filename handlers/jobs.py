@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,9 +14,11 @@ from asyncgate.kinds import Kind
 from handlers import render
 from handlers.auth import resolve_owner
 from handlers.context import headers, services
-from handlers.submission import TTL_HEADER, build_job, parse_ttl, read_files
+from handlers.submission import TTL_HEADER, build_job, close_uploads, parse_ttl, read_files
 
 Handler = Callable[..., Awaitable[Response]]
+
+log = logging.getLogger("asyncgate.jobs")
 
 
 def submit_handler(kind: Kind) -> Handler:
@@ -24,8 +27,11 @@ def submit_handler(kind: Kind) -> Handler:
     async def submit(body: Any = None, **uploads: Any) -> Response:
         svc = services()
         request_headers = headers()
-        owner = await resolve_owner(svc, request_headers, BadRequest("invalid virtual key"))
-        files = await read_files(uploads, svc.settings.limits)
+        try:
+            owner = await resolve_owner(svc, request_headers, BadRequest("invalid virtual key"))
+            files = await read_files(uploads, svc.settings.limits)
+        finally:
+            await close_uploads(uploads)
         job = build_job(
             kind,
             body,
@@ -35,6 +41,7 @@ def submit_handler(kind: Kind) -> Handler:
             providers=svc.settings.providers,
         )
         created_at = await svc.committer.submit(job)
+        log.info("job %s kind=%s provider=%s pending", job.id, kind.value, job.provider)
         return render.accepted(kind, job.id, created_at)
 
     submit.__name__ = f"submit_{kind.value}"

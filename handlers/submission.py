@@ -59,6 +59,14 @@ async def read_files(uploads: Mapping[str, Any], limits: LimitsConfig) -> list[N
     ]
 
 
+async def close_uploads(uploads: Mapping[str, Any]) -> None:
+    """Close every upload; their bytes, when needed, were copied by :func:`read_files`."""
+    for value in uploads.values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, UploadFile):
+                await item.close()
+
+
 def build_job(
     kind: Kind,
     body: Any,
