@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -177,9 +178,12 @@ def _form(body: dict[str, Any], files: list[NewFile]) -> aiohttp.FormData:
             elif not isinstance(item, str):
                 item = orjson.dumps(item).decode() if isinstance(item, dict) else str(item)
             form.add_field(name, item)
+    counts = Counter(f.field for f in files)
     for f in files:
+        # Several images travel as ``image[]``, the OpenAI name for a list of files.
+        name = "image[]" if f.field == "image" and counts["image"] > 1 else f.field
         form.add_field(
-            f.field,
+            name,
             f.data,
             filename=f.filename or "upload",
             content_type=f.content_type or "application/octet-stream",
