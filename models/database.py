@@ -8,6 +8,7 @@ driver exception.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -35,7 +36,11 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 
 def dumps(value: object) -> str:
     """JSON text of ``value`` (orjson), as stored in jsonb columns."""
-    return orjson.dumps(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        # orjson refuses integers wider than 64 bits, which JSON and jsonb allow.
+        return json.dumps(value)
 
 
 async def _configure(conn: psycopg.AsyncConnection) -> None:
@@ -89,4 +94,4 @@ class Database:
 
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` (or its cause) means the database could not be reached."""
-    return isinstance(exc, ServiceUnavailable | _OUTAGE_ERRORS)
+    return isinstance(exc, (ServiceUnavailable, *_OUTAGE_ERRORS))

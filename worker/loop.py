@@ -56,6 +56,8 @@ class _Running:
     job: ClaimedJob
     task: asyncio.Task[None]
     started: float = field(default_factory=time.monotonic)
+    finishing: bool = False
+    """The upstream work is done and the (guarded) terminal write is under way: never cancel."""
 
 
 class Worker:
@@ -136,7 +138,9 @@ class Worker:
             jobs: list[ClaimedJob] = []
             if wanted > 0:
                 try:
-                    jobs = await self.store.claim(self.owner, wanted, config.lease_seconds)
+                    jobs = await self.store.claim(
+                        self.owner, wanted, config.lease_seconds, config.max_pending_seconds
+                    )
                 except Exception as exc:
                     if not is_outage(exc):
                         log.exception("claim failed")
@@ -162,6 +166,8 @@ class Worker:
     async def _execute(self, job: ClaimedJob) -> None:
         try:
             outcome = await self.executor.run(job)
+            if (running := self.running.get(job.id)) is not None:
+                running.finishing = True
             await self._finish(job, outcome)
         finally:
             self.running.pop(job.id, None)
@@ -216,7 +222,7 @@ class Worker:
                 continue
             for job_id in set(ids) - held:
                 running = self.running.get(job_id)
-                if running is not None and not running.task.done():
+                if running is not None and not running.task.done() and not running.finishing:
                     log.warning("job %s lease lost; abandoning this execution", job_id)
                     running.task.cancel()
 
