@@ -99,12 +99,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _keys(settings: Settings, url: str, args: argparse.Namespace) -> int:
     from asyncgate.runtime import open_database
-    from models.keys import KeyStore
+    from models.keys import DuplicateKeyName, KeyStore
 
     async with open_database(settings, url) as db:
         keys = KeyStore(db)
         if args.keys_command == "create":
-            key_id, key = await keys.create(args.name)
+            try:
+                key_id, key = await keys.create(args.name)
+            except DuplicateKeyName:
+                print(f"a key named {args.name!r} already exists", file=sys.stderr)
+                return 1
             print(key)
             print(f"key {args.name!r} created (id {key_id}); it is shown only now", file=sys.stderr)
         elif args.keys_command == "list":

@@ -16,6 +16,13 @@ from models.jobs import NewFile, NewJob
 
 TTL_HEADER = "x-bf-async-job-result-ttl"
 _TRUE = (True, "true", "True", "1")
+# The spec declares these parts binary, but a plain text part of the same name passes it.
+# Connexion hands ``image[]`` parts over as ``image``.
+_REQUIRED_FILES = {
+    Kind.TRANSCRIPTION: ("file",),
+    Kind.IMAGE_EDIT: ("image", "image[]"),
+    Kind.IMAGE_VARIATION: ("image",),
+}
 
 
 def parse_ttl(raw: str | None, config: JobsConfig) -> int:
@@ -79,6 +86,9 @@ def build_job(
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     reject_streaming(kind, body)
+    required = _REQUIRED_FILES.get(kind)
+    if required is not None and not any(f.field in required for f in files):
+        raise BadRequest(f"a file upload named {required[0]!r} is required", param=required[0])
     provider = check_models(body, providers)
     return NewJob(
         id=uuid.uuid4(),

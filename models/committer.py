@@ -27,7 +27,8 @@ def group_committer(
             created = await store.insert_batch(jobs)
         except psycopg.DataError as exc:
             if len(jobs) == 1:
-                return [BadRequest(f"the request cannot be stored: {exc.diag.message_primary}")]
+                reason = exc.diag.message_primary or exc  # None when psycopg refused it itself
+                return [BadRequest(f"the request cannot be stored: {reason}")]
             return [result for job in jobs for result in await insert([job])]
         return [created[job.id] for job in jobs]
 

@@ -136,6 +136,9 @@ SET status = 'processing', lease_owner = %(owner)s,
 FROM (
     SELECT id FROM async_jobs
     WHERE status = 'pending'
+      -- past the pending deadline a job is the reaper's to fail, not ours to run
+      AND (%(max_pending)s::float8 IS NULL
+           OR created_at >= now() - make_interval(secs => %(max_pending)s::float8))
     ORDER BY created_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -353,11 +356,22 @@ class JobStore:
 
     # --- worker side ----------------------------------------------------------------------
 
-    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedJob]:
+    async def claim(
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        max_pending_seconds: float | None = None,
+    ) -> list[ClaimedJob]:
+        """Take up to ``limit`` pending jobs, none pending over ``max_pending_seconds``."""
+        params = {
+            "owner": owner,
+            "limit": limit,
+            "lease": lease_seconds,
+            "max_pending": max_pending_seconds,
+        }
         async with self.db.connection() as conn:
-            cur = await conn.execute(
-                CLAIM, {"owner": owner, "limit": limit, "lease": lease_seconds}
-            )
+            cur = await conn.execute(CLAIM, params)
             rows = await cur.fetchall()
         return [
             ClaimedJob(row[0], Kind(row[1]), row[2], row[3], row[4], row[5], row[6]) for row in rows

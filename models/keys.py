@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
+import psycopg
+
 from models.database import Database
 
 KEY_PREFIX = "sk-bf-"
@@ -38,6 +40,10 @@ UPDATE virtual_keys SET disabled_at = coalesce(disabled_at, now()) WHERE name = 
 FIND_KEY = "SELECT id, key_hash FROM virtual_keys WHERE key_hash = %s AND disabled_at IS NULL"
 
 
+class DuplicateKeyName(Exception):
+    """A key with that name already exists."""
+
+
 class KeyStore:
     """Virtual keys in PostgreSQL, with a short per-process cache of lookups."""
 
@@ -50,7 +56,10 @@ class KeyStore:
         """Make a key named ``name``; returns its id and the key, which is shown only this once."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         async with self.db.connection() as conn:
-            cur = await conn.execute(INSERT_KEY, (name, hash_key(key)))
+            try:
+                cur = await conn.execute(INSERT_KEY, (name, hash_key(key)))
+            except psycopg.errors.UniqueViolation as exc:
+                raise DuplicateKeyName(name) from exc
             row = await cur.fetchone()
         assert row is not None
         return row[0], key

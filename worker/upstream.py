@@ -96,7 +96,15 @@ class Upstream:
             headers["Authorization"] = f"Bearer {provider.api_key.reveal()}"
         data: aiohttp.FormData | bytes
         if info.multipart:
-            data = _form(body, files)
+            try:
+                data = _form(body, files)
+            except ValueError as exc:
+                # aiohttp refuses some form fields, e.g. a name with control characters in it.
+                raise UpstreamError(
+                    f"the request cannot be sent upstream: {exc}",
+                    status_code=400,
+                    error_type="invalid_request_error",
+                ) from exc
         else:
             data = orjson.dumps(body)
             headers["Content-Type"] = "application/json"

@@ -1,0 +1,129 @@
+"""The ``asyncgate`` command line, run as real processes against the test database."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import Gateway
+from tests.helpers import CHAT, PYTHON, REPO, assert_error, chat, clean_environ, new_database
+
+Sql = Callable[..., list[tuple[Any, ...]]]
+
+
+def asyncgate(
+    config: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "asyncgate", "--config", str(config), *args],
+        cwd=REPO,
+        env=env or clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def config_for(tmp_path: Path, database_url: str) -> Path:
+    path = tmp_path / "asyncgate.toml"
+    path.write_text(f'log_level = "WARNING"\n\n[database]\nurl = {database_url!r}\n')
+    return path
+
+
+def tables(url: str) -> set[str]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {row[0] for row in rows}
+
+
+def test_migrate_up_and_down(tmp_path: Path, postgres_url: str) -> None:
+    ours = {"async_jobs", "async_job_files", "virtual_keys"}
+    with new_database(postgres_url) as url:
+        config = config_for(tmp_path, url)
+        done = asyncgate(config, "migrate")
+        assert done.returncode == 0, done.stderr
+        assert "migrations applied" in done.stdout
+        assert ours <= tables(url)
+
+        done = asyncgate(config, "migrate", "--downgrade", "base")
+        assert done.returncode == 0, done.stderr
+        assert tables(url) <= {"alembic_version"}
+
+        done = asyncgate(config, "migrate")
+        assert done.returncode == 0, done.stderr
+        assert ours <= tables(url)
+
+
+def test_keys_create_list_disable(
+    tmp_path: Path, database_url: str, sql: Sql, gateway: Gateway
+) -> None:
+    config = config_for(tmp_path, database_url)
+    created = {}
+    for name in ("alice", "bob"):
+        done = asyncgate(config, "keys", "create", name)
+        assert done.returncode == 0, done.stderr
+        [key] = done.stdout.splitlines()
+        assert key.startswith("sk-bf-") and len(key) > 40
+        assert name in done.stderr
+        created[name] = key
+    assert created["alice"] != created["bob"]
+
+    again = asyncgate(config, "keys", "create", "alice")
+    assert again.returncode == 1
+    assert "already exists" in again.stderr
+    assert "Traceback" not in again.stderr
+    assert again.stdout == ""
+
+    listed = asyncgate(config, "keys", "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert [(line[1], line[3]) for line in lines] == [("alice", "active"), ("bob", "active")]
+    for key in created.values():
+        assert key not in listed.stdout + listed.stderr
+        assert key.removeprefix("sk-bf-")[:12] not in listed.stdout + listed.stderr
+
+    for name, key in created.items():
+        job = gateway.submit(CHAT, chat(), headers={"Authorization": f"Bearer {key}"})
+        assert job.status_code == 202, (name, job.text)
+
+    disabled = asyncgate(config, "keys", "disable", "alice")
+    assert disabled.returncode == 0, disabled.stderr
+    assert "disabled" in disabled.stdout
+    listed = asyncgate(config, "keys", "list")
+    states = {line.split("\t")[1]: line.split("\t")[3] for line in listed.stdout.splitlines()}
+    assert states["bob"] == "active"
+    assert states["alice"].startswith("disabled ")
+    assert sql("SELECT name FROM virtual_keys WHERE disabled_at IS NOT NULL") == [("alice",)]
+
+    refused = gateway.submit(CHAT, chat(), headers={"x-bf-vk": created["alice"]})
+    assert_error(refused, 400)
+    assert gateway.submit(CHAT, chat(), headers={"x-bf-vk": created["bob"]}).status_code == 202
+
+    missing = asyncgate(config, "keys", "disable", "nobody")
+    assert missing.returncode == 1
+    assert "nobody" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "words"),
+    [
+        ("[worker]\nconcurrency = 'lots'\n", {}, "worker.concurrency"),
+        ("[database]\nurl = 'x'\n", {"ASYNCGATE_NOT_A_SECTION": "1"}, "ASYNCGATE_NOT_A_SECTION"),
+    ],
+)
+def test_configuration_errors_exit_2(
+    tmp_path: Path, text: str, env: dict[str, str], words: str
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    done = asyncgate(config, "keys", "list", env=clean_environ(**env))
+    assert done.returncode == 2
+    assert "configuration error" in done.stderr
+    assert words in done.stderr
+    assert "Traceback" not in done.stderr

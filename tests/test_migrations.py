@@ -1,0 +1,194 @@
+"""The migrations against a real PostgreSQL: up, down, up again, and the schema they leave."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import CheckConstraint, create_engine
+
+from models import migrate
+from models.tables import metadata
+from tests.helpers import new_database
+
+Sql = Callable[..., list[tuple[Any, ...]]]
+OUR_TABLES = {"virtual_keys", "async_jobs", "async_job_files"}
+
+
+@pytest.fixture
+def empty_database(postgres_url: str) -> Iterator[str]:
+    """A new database with no schema at all."""
+    with new_database(postgres_url) as url:
+        yield url
+
+
+def query(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(statement, params or None).fetchall()
+
+
+def relations(url: str) -> set[str]:
+    """Every table, index, sequence and view in the public schema."""
+    rows = query(
+        url,
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public'",
+    )
+    return {row[0] for row in rows}
+
+
+def head() -> str:
+    revision = ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
+    assert revision is not None
+    return revision
+
+
+def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
+    assert relations(empty_database) == set()
+    migrate.upgrade(empty_database)
+    assert OUR_TABLES <= relations(empty_database)
+    assert query(empty_database, "SELECT version_num FROM alembic_version") == [(head(),)]
+
+    migrate.downgrade(empty_database, "base")
+    assert relations(empty_database) <= {"alembic_version", "alembic_version_pkc"}
+    assert query(empty_database, "SELECT count(*) FROM alembic_version") == [(0,)]
+
+    migrate.upgrade(empty_database)
+    assert OUR_TABLES <= relations(empty_database)
+    query(
+        empty_database,
+        "INSERT INTO virtual_keys (name, key_hash) VALUES ('k', sha256('k')) RETURNING id",
+    )
+    migrate.upgrade(empty_database)
+    assert query(empty_database, "SELECT count(*) FROM virtual_keys") == [(1,)]
+
+
+def test_concurrent_upgrades_are_serialised(empty_database: str) -> None:
+    errors: list[BaseException] = []
+
+    def upgrade() -> None:
+        try:
+            migrate.upgrade(empty_database)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert query(empty_database, "SELECT version_num FROM alembic_version") == [(head(),)]
+    assert OUR_TABLES <= relations(empty_database)
+
+
+def test_schema_matches_the_table_definitions(database_url: str) -> None:
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(database_url))
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "compare_server_default": True}
+            )
+            assert compare_metadata(context, metadata) == []
+    finally:
+        engine.dispose()
+
+    # alembic does not compare CHECK constraints or partial-index predicates: do it here.
+    for table in metadata.sorted_tables:
+        expected = {
+            str(c.name)
+            for c in table.constraints
+            if isinstance(c, CheckConstraint) and c.name is not None
+        }
+        rows = query(
+            database_url,
+            "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c'",
+            table.name,
+        )
+        assert {row[0] for row in rows} == expected, table.name
+        for index in table.indexes:
+            where = index.dialect_options["postgresql"]["where"]
+            [(predicate,)] = query(
+                database_url,
+                "SELECT pg_get_expr(i.indpred, i.indrelid) FROM pg_index i "
+                "WHERE i.indexrelid = %s::regclass",
+                index.name,
+            )
+            if where is None:
+                assert predicate is None, index.name
+            else:
+                normalised = predicate.replace("::text", "").removeprefix("(").removesuffix(")")
+                assert normalised == str(where), index.name
+
+
+def test_every_table_and_column_has_a_comment(sql: Sql) -> None:
+    tables = sql(
+        "SELECT c.oid, c.relname, obj_description(c.oid, 'pg_class') FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname <> 'alembic_version'"
+    )
+    assert {row[1] for row in tables} == OUR_TABLES
+    for oid, table, comment in tables:
+        assert comment and len(comment) > 10, table
+        columns = sql(
+            "SELECT attname, col_description(attrelid, attnum) FROM pg_attribute "
+            "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
+            oid,
+        )
+        assert columns, table
+        missing = [name for name, text in columns if not text]
+        assert missing == [], f"{table}: columns without a comment: {missing}"
+
+
+BAD_ROWS = {
+    "unknown-status": "INSERT INTO async_jobs (id, kind, status, provider, model, request, "
+    "ttl_seconds) VALUES (gen_random_uuid(), 'chat_completion', 'running', 'p', 'p/m', '{}', 60)",
+    "unknown-kind": "INSERT INTO async_jobs (id, kind, provider, model, request, ttl_seconds) "
+    "VALUES (gen_random_uuid(), 'video', 'p', 'p/m', '{}', 60)",
+    "zero-ttl": "INSERT INTO async_jobs (id, kind, provider, model, request, ttl_seconds) "
+    "VALUES (gen_random_uuid(), 'chat_completion', 'p', 'p/m', '{}', 0)",
+    "processing-without-lease": "INSERT INTO async_jobs (id, kind, status, provider, model, "
+    "request, ttl_seconds) VALUES (gen_random_uuid(), 'embedding', 'processing', 'p', 'p/m', "
+    "'{}', 60)",
+    "completed-without-result": "INSERT INTO async_jobs (id, kind, status, provider, model, "
+    "request, ttl_seconds, completed_at, expires_at) VALUES (gen_random_uuid(), 'embedding', "
+    "'completed', 'p', 'p/m', '{}', 60, now(), now())",
+    "failed-without-error": "INSERT INTO async_jobs (id, kind, status, provider, model, request, "
+    "ttl_seconds, completed_at, expires_at) VALUES (gen_random_uuid(), 'embedding', 'failed', "
+    "'p', 'p/m', '{}', 60, now(), now())",
+    "negative-attempts": "INSERT INTO async_jobs (id, kind, provider, model, request, "
+    "ttl_seconds, attempts) VALUES (gen_random_uuid(), 'speech', 'p', 'p/m', '{}', 60, -1)",
+    "short-key-hash": "INSERT INTO virtual_keys (name, key_hash) VALUES ('k', '\\x0102')",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROWS))
+def test_check_constraints_reject_bad_rows(database_url: str, case: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(BAD_ROWS[case])
+        assert conn.execute("SELECT count(*) FROM async_jobs").fetchone() == (0,)
+
+
+def test_files_go_with_their_job(sql: Sql) -> None:
+    [(job_id,)] = sql(
+        "INSERT INTO async_jobs (id, kind, provider, model, request, ttl_seconds) "
+        "VALUES (gen_random_uuid(), 'transcription', 'p', 'p/m', '{}', 60) RETURNING id"
+    )
+    sql(
+        "INSERT INTO async_job_files (job_id, position, field, data) VALUES (%s, 0, 'file', 'x')",
+        job_id,
+    )
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        sql(
+            "INSERT INTO async_job_files (job_id, position, field, data) "
+            "VALUES (gen_random_uuid(), 0, 'file', 'x')"
+        )
+    sql("DELETE FROM async_jobs WHERE id = %s", job_id)
+    assert sql("SELECT count(*) FROM async_job_files") == [(0,)]
