@@ -33,9 +33,12 @@ def create_app(settings: Settings, database_url: str, *, run_worker: bool = Fals
     async def lifespan(_app: Any) -> AsyncIterator[dict[str, Any]]:
         async with contextlib.AsyncExitStack() as stack:
             db = await stack.enter_async_context(open_database(settings, database_url))
+            local = None
             if run_worker:
-                await stack.enter_async_context(worker_runtime(settings, db))
-            services = await stack.enter_async_context(api_services(settings, db))
+                local = await stack.enter_async_context(worker_runtime(settings, db))
+            services = await stack.enter_async_context(
+                api_services(settings, db, local_worker=local.worker if local else None)
+            )
             yield {"services": services}
 
     middlewares = [

@@ -41,10 +41,17 @@ async def open_database(settings: Settings, url: str) -> AsyncIterator[Database]
 
 
 @contextlib.asynccontextmanager
-async def api_services(settings: Settings, db: Database) -> AsyncIterator[Services]:
-    """What the HTTP handlers need; the committer flushes its queue on the way out."""
+async def api_services(
+    settings: Settings, db: Database, *, local_worker: Worker | None = None
+) -> AsyncIterator[Services]:
+    """What the HTTP handlers need; the committer flushes its queue on the way out.
+
+    With a ``local_worker`` (``serve``), each commit wakes it directly.
+    """
     store = JobStore(db)
-    committer = group_committer(store)
+    committer = group_committer(
+        store, on_commit=local_worker.notifications.event.set if local_worker else None
+    )
     committer.start()
     try:
         yield Services(
