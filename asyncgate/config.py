@@ -4,7 +4,8 @@ Precedence, lowest first: built-in defaults, the TOML file (``--config`` or ``AS
 then environment variables. A variable is named after its section and key, e.g.
 ``ASYNCGATE_WORKER_CONCURRENCY=500`` sets ``[worker] concurrency``; providers use
 ``ASYNCGATE_PROVIDERS_<NAME>_<KEY>``, e.g. ``ASYNCGATE_PROVIDERS_OPENAI_BASE_URL``.
-``DATABASE_URL`` is honoured when ``ASYNCGATE_DATABASE_URL`` is not set.
+``DATABASE_URL`` is honoured when ``ASYNCGATE_DATABASE_URL`` is not set; ``ASYNCGATE_TEST_*``
+variables belong to the test suite and are ignored here.
 
 Anything unknown or malformed stops the process with a :class:`ConfigError` naming the setting.
 """
@@ -202,6 +203,8 @@ def _overlay_environment(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         raw.setdefault("database", {})["url"] = env["DATABASE_URL"]
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        if name.startswith(ENV_PREFIX + "TEST_"):  # reserved for the test suite
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         if rest == "log_level":
