@@ -183,10 +183,6 @@ class GatewayProcess:
         wait_for(healthy, timeout=timeout, interval=0.05)
         return self
 
-    def worker_owner(self) -> str:
-        """The lease owner name this process's worker logged at start-up."""
-        return self.wait_log(WORKER_STARTED).group(1)
-
     def owns(self, lease_owner: str | None) -> bool:
         """Whether ``lease_owner`` (``host:pid:suffix``) names this process."""
         return lease_owner is not None and lease_owner.split(":")[1] == str(self.pid)

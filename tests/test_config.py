@@ -140,6 +140,11 @@ def test_secrets_never_show(tmp_path: Path) -> None:
             {},
             "NOT_SET_ANYWHERE",
         ),
+        (
+            "[providers.openai]\nbase_url = 'http://x'\napi_key_env = 'EMPTY_KEY'\n",
+            {"EMPTY_KEY": ""},
+            "EMPTY_KEY",
+        ),
         ("[worker]\nlease_seconds = 4\nrenew_seconds = 3\n", {}, "worker.renew_seconds"),
         ("[worker]\nmax_attempts = 0\n", {}, "worker.max_attempts"),
         ("[jobs]\ndefault_ttl = 700\nmax_ttl = 600\n", {}, "jobs.default_ttl"),

@@ -81,12 +81,14 @@ def test_database_outage_answers_503_and_loses_no_job(
         client = Client(serve.url, spec_checker)
         accepted = [client.submit_ok(CHAT, chat("fake/delay-0.5")) for _ in range(3)]
         # Its answer arrives while the database is down, so its result has nowhere to go.
-        stranded = client.submit_ok(CHAT, chat("fake/delay-1"))
+        stranded = client.submit_ok(CHAT, chat("fake/delay-1.5"))
         wait_for(lambda: upstream.executions.get(stranded) == 1)
 
         postgres.stop()
-        for _ in range(3):
-            assert_unavailable(client.submit(CHAT, chat("fake/ok")))
+        for _ in range(2):
+            refused = client.submit(CHAT, chat("fake/ok"))
+            assert_unavailable(refused)
+            assert refused.headers["Retry-After"] == "1"
         assert_unavailable(client.session.get(f"{serve.url}/health", timeout=10))
         serve.wait_log(rf"job {stranded} result kept in memory")
 
@@ -101,7 +103,7 @@ def test_database_outage_answers_503_and_loses_no_job(
             done = client.wait_terminal(CHAT, job_id, timeout=30)
             assert done["status"] == "completed", done
         logs = serve.logs()
-        written = re.findall(rf"job {stranded} kind=\S+ provider=fake completed", logs)
+        written = re.findall(rf"job {stranded} .*completed", logs)
         assert len(written) == 1
         row = job_row(postgres.url, stranded)
         assert row["status"] == "completed"
