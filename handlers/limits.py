@@ -1,4 +1,9 @@
-"""Request size limits, enforced while the body streams in, before anything parses it."""
+"""Request size limits, enforced while the body streams in, before anything parses it.
+
+A body sent without ``Content-Length`` (chunked, as Go clients and streaming SDKs do) is read
+here, within the limit, and handed on with its length set: the validators downstream only look
+for a body when a length is declared.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asyncgate.config import LimitsConfig
 from asyncgate.errors import PayloadTooLarge
+
+_NO_BODY_METHODS = ("GET", "HEAD", "OPTIONS", "DELETE")
 
 
 class BodyLimitMiddleware:
@@ -16,7 +23,7 @@ class BodyLimitMiddleware:
         self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http" or scope["method"] in _NO_BODY_METHODS:
             await self.app(scope, receive, send)
             return
         content_type = b""
@@ -30,9 +37,11 @@ class BodyLimitMiddleware:
         limit = self.limits.max_upload_bytes if multipart else self.limits.max_json_bytes
         what = "upload" if multipart else "request body"
         if content_length is not None and content_length > limit:
-            raise PayloadTooLarge(
-                f"{what} of {content_length} bytes exceeds the {limit} byte limit"
-            )
+            raise PayloadTooLarge(f"{what} of {content_length} bytes exceeds the {limit} byte limit")
+        if content_length is None:
+            body = await _read_all(receive, limit, what)
+            await self.app(_with_length(scope, len(body)), _replay(body, receive), send)
+            return
 
         received = 0
 
@@ -46,3 +55,38 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+async def _read_all(receive: Receive, limit: int, what: str) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)  # the client went away; downstream sees what arrived
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"{what} exceeds the {limit} byte limit")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _with_length(scope: Scope, length: int) -> Scope:
+    headers = [(k, v) for k, v in scope["headers"] if k != b"transfer-encoding"]
+    headers.append((b"content-length", str(length).encode()))
+    return {**scope, "headers": headers}
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
