@@ -37,7 +37,9 @@ class BodyLimitMiddleware:
         limit = self.limits.max_upload_bytes if multipart else self.limits.max_json_bytes
         what = "upload" if multipart else "request body"
         if content_length is not None and content_length > limit:
-            raise PayloadTooLarge(f"{what} of {content_length} bytes exceeds the {limit} byte limit")
+            raise PayloadTooLarge(
+                f"{what} of {content_length} bytes exceeds the {limit} byte limit"
+            )
         if content_length is None:
             body = await _read_all(receive, limit, what)
             await self.app(_with_length(scope, len(body)), _replay(body, receive), send)

@@ -150,8 +150,13 @@ class Gateway:
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(settings, database_url, run_worker=True)
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, lifespan="on", log_config=None,
-            access_log=False, loop="asyncio",
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            loop="asyncio",
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True)

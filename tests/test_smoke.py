@@ -6,7 +6,9 @@ CHAT = "/v1/async/chat/completions"
 
 
 def test_chat_job_completes(gateway: Gateway) -> None:
-    response = gateway.submit(CHAT, {"model": "fake/ok", "messages": [{"role": "user", "content": "hello"}]})
+    response = gateway.submit(
+        CHAT, {"model": "fake/ok", "messages": [{"role": "user", "content": "hello"}]}
+    )
     assert response.status_code == 202, response.text
     job = response.json()
     assert response.headers["Location"] == f"{CHAT}/{job['id']}"

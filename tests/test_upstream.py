@@ -25,15 +25,21 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never u
 BOUNDARY = "upstream-test-boundary"
 
 
-def call(url: str, payload: Any = None, *, data: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, Message, bytes]:
+def call(
+    url: str,
+    payload: Any = None,
+    *,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Message, bytes]:
     """POST (or GET when there is no body); returns status, headers and body, also for errors."""
     headers = dict(headers or {})
     if payload is not None:
         data = json.dumps(payload).encode()
         headers.setdefault("Content-Type", "application/json")
-    request = urllib.request.Request(url, data=data, headers=headers,
-                                     method="GET" if data is None else "POST")
+    request = urllib.request.Request(
+        url, data=data, headers=headers, method="GET" if data is None else "POST"
+    )
     try:
         with OPENER.open(request, timeout=10) as response:
             return response.status, response.headers, response.read()
@@ -42,21 +48,27 @@ def call(url: str, payload: Any = None, *, data: bytes | None = None,
             return error.code, error.headers, error.read()
 
 
-def chat(url: str, model: str = "ok", text: str = "hi",
-         **headers: str) -> tuple[int, Message, bytes]:
+def chat(
+    url: str, model: str = "ok", text: str = "hi", **headers: str
+) -> tuple[int, Message, bytes]:
     body = {"model": model, "messages": [{"role": "user", "content": text}]}
     return call(f"{url}/chat/completions", body, headers=headers)
 
 
-def multipart(fields: list[tuple[str, str]],
-              files: list[tuple[str, str, bytes, str]]) -> tuple[bytes, dict[str, str]]:
+def multipart(
+    fields: list[tuple[str, str]], files: list[tuple[str, str, bytes, str]]
+) -> tuple[bytes, dict[str, str]]:
     chunks = []
     for name, value in fields:
-        chunks.append(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-                      f"{value}\r\n".encode())
+        chunks.append(
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+            f"{value}\r\n".encode()
+        )
     for name, filename, content, content_type in files:
-        head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; '
-                f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n')
+        head = (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'
+        )
         chunks.append(head.encode() + content + b"\r\n")
     chunks.append(f"--{BOUNDARY}--\r\n".encode())
     return b"".join(chunks), {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
@@ -69,19 +81,26 @@ def up() -> Iterator[UpstreamThread]:
 
 
 def test_chat_completion_echoes_last_user_message(up: UpstreamThread) -> None:
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "first"},
-                {"role": "assistant", "content": "ok"},
-                {"role": "user", "content": [{"type": "text", "text": "hello upstream"}]}]
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": [{"type": "text", "text": "hello upstream"}]},
+    ]
     payload = {"model": "ok", "messages": messages}
-    status, headers, body = call(f"{up.url}/chat/completions", payload,
-                                 headers={"X-Asyncgate-Job-Id": "job-1"})
+    status, headers, body = call(
+        f"{up.url}/chat/completions", payload, headers={"X-Asyncgate-Job-Id": "job-1"}
+    )
     assert status == 200
     assert headers["Content-Type"] == "application/json"
     reply = json.loads(body)
     assert reply["object"] == "chat.completion"
     assert reply["model"] == "ok"
-    assert reply["choices"][0]["message"] == {"role": "assistant", "content": "hello upstream",
-                                              "refusal": None}
+    assert reply["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "hello upstream",
+        "refusal": None,
+    }
     assert reply["usage"]["total_tokens"] == reply["usage"]["prompt_tokens"] + 2
     [record] = up.requests
     assert (record.path, record.job_id, record.outcome) == ("/v1/chat/completions", "job-1", "ok")
@@ -102,8 +121,9 @@ def test_other_json_endpoints_have_openai_shapes(up: UpstreamThread) -> None:
     assert json.loads(body)["choices"][0]["text"] == "complete me"
     _, _, body = call(f"{up.url}/images/generations", {"model": "ok", "prompt": "cat", "n": 3})
     assert len(json.loads(body)["data"]) == 3
-    status, headers, audio = call(f"{up.url}/audio/speech",
-                                  {"model": "ok", "input": "hi", "response_format": "opus"})
+    status, headers, audio = call(
+        f"{up.url}/audio/speech", {"model": "ok", "input": "hi", "response_format": "opus"}
+    )
     assert (status, headers["Content-Type"], audio[:4]) == (200, "audio/ogg", b"RIFF")
 
 
@@ -111,17 +131,27 @@ def test_status_and_retry_after(up: UpstreamThread) -> None:
     status, headers, body = chat(up.url, "status-503+retry-after-2")
     assert status == 503
     assert headers["Retry-After"] == "2"
-    assert json.loads(body) == {"error": {"message": "simulated upstream error 503",
-                                          "type": "server_error", "code": "503", "param": None}}
+    assert json.loads(body) == {
+        "error": {
+            "message": "simulated upstream error 503",
+            "type": "server_error",
+            "code": "503",
+            "param": None,
+        }
+    }
     status, headers, body = chat(up.url, "status-400")
     assert status == 400 and headers["Retry-After"] is None
     assert json.loads(body)["error"]["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize(("model", "content_type"), [
-    ("bad-json", "application/json"), ("wrong-content-type", "text/html"),
-    ("huge-200000", "application/json"),
-])
+@pytest.mark.parametrize(
+    ("model", "content_type"),
+    [
+        ("bad-json", "application/json"),
+        ("wrong-content-type", "text/html"),
+        ("huge-200000", "application/json"),
+    ],
+)
 def test_malformed_answers(up: UpstreamThread, model: str, content_type: str) -> None:
     status, headers, body = chat(up.url, model)
     assert status == 200
@@ -152,16 +182,22 @@ def test_image_edit_reports_every_upload(up: UpstreamThread) -> None:
     first, second = b"\x89PNG first image", b"\x89PNG the second, longer image"
     data, headers = multipart(
         [("model", "ok"), ("prompt", "add a hat"), ("n", "2")],
-        [("image[]", "one.png", first, "image/png"), ("image[]", "two.png", second, "image/png"),
-         ("mask", "mask.png", b"m", "image/png")])
+        [
+            ("image[]", "one.png", first, "image/png"),
+            ("image[]", "two.png", second, "image/png"),
+            ("mask", "mask.png", b"m", "image/png"),
+        ],
+    )
     status, _, body = call(f"{up.url}/images/edits", data=data, headers=headers)
     assert status == 200
     reply = json.loads(body)
     assert len(reply["data"]) == 2 and reply["data"][0]["b64_json"]
     files = reply["received"]["files"]
     assert [(f["field"], f["filename"], f["size"]) for f in files] == [
-        ("image[]", "one.png", len(first)), ("image[]", "two.png", len(second)),
-        ("mask", "mask.png", 1)]
+        ("image[]", "one.png", len(first)),
+        ("image[]", "two.png", len(second)),
+        ("mask", "mask.png", 1),
+    ]
     assert files[1]["sha256"] == hashlib.sha256(second).hexdigest()
     assert reply["received"]["fields"] == {"model": "ok", "prompt": "add a hat", "n": "2"}
 
@@ -172,8 +208,9 @@ def test_transcription_mentions_file_and_multipart_model_switches(up: UpstreamTh
     status, _, body = call(f"{up.url}/audio/transcriptions", data=data, headers=headers)
     assert status == 200
     assert json.loads(body)["text"] == "Transcript of talk.wav (2560 bytes)."
-    data, headers = multipart([("model", "status-429+retry-after-1")],
-                              [("file", "talk.wav", audio, "audio/wav")])
+    data, headers = multipart(
+        [("model", "status-429+retry-after-1")], [("file", "talk.wav", audio, "audio/wav")]
+    )
     status, headers_out, _ = call(f"{up.url}/audio/transcriptions", data=data, headers=headers)
     assert (status, headers_out["Retry-After"]) == (429, "1")
 
@@ -220,8 +257,21 @@ def test_parse_directives() -> None:
 def test_cli_serves_and_exits_on_sigterm(tmp_path: Path) -> None:
     port_file = tmp_path / "port"
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.upstream", "--port", "0", "--port-file", str(port_file),
-         "--seed", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "tests.upstream",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--seed",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 15
         while not port_file.exists():

@@ -56,10 +56,20 @@ except ImportError:  # pragma: no cover - uvloop is optional
 
 JOB_HEADER = "X-Asyncgate-Job-Id"
 Payload = dict[str, Any]
-AUDIO_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav", "opus": "audio/ogg",
-               "aac": "audio/aac", "flac": "audio/flac", "pcm": "audio/pcm"}
-ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-               429: "rate_limit_error"}
+AUDIO_TYPES = {
+    "mp3": "audio/mpeg",
+    "wav": "audio/wav",
+    "opus": "audio/ogg",
+    "aac": "audio/aac",
+    "flac": "audio/flac",
+    "pcm": "audio/pcm",
+}
+ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
 PNG_B64 = (  # a 1x1 RGB image
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGNQaPgPAAJjAaB56d6tAAAAAElFTkSuQmCC"
 )
@@ -148,8 +158,9 @@ def json_response(payload: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
 
 
-def error_response(status: int, message: str, code: str | None = None,
-                   param: str | None = None) -> web.Response:
+def error_response(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> web.Response:
     kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     error = {"message": message, "type": kind, "code": code or str(status), "param": param}
     return json_response({"error": error}, status)
@@ -205,9 +216,15 @@ Build = Callable[[RecordedRequest], "Payload | web.Response"]
 class FakeUpstream:
     """The server. Settings are plain attributes and may be changed while it runs."""
 
-    def __init__(self, *, expected_api_key: str | None = None, latency: float = 0.0,
-                 faults: FaultMix | None = None, max_records: int = 100_000,
-                 max_body_size: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        *,
+        expected_api_key: str | None = None,
+        latency: float = 0.0,
+        faults: FaultMix | None = None,
+        max_records: int = 100_000,
+        max_body_size: int = 64 * 1024 * 1024,
+    ) -> None:
         self.expected_api_key = expected_api_key
         self.latency = latency
         self.faults = faults  # the random sequence is seeded once, from the initial mix
@@ -253,10 +270,14 @@ class FakeUpstream:
     def _make_app(self, max_body_size: int) -> web.Application:
         app = web.Application(client_max_size=max_body_size)
         for path, build, multipart in (
-            ("chat/completions", self._chat, False), ("completions", self._completion, False),
-            ("responses", self._response, False), ("embeddings", self._embeddings, False),
-            ("audio/speech", self._speech, False), ("audio/transcriptions", self._transcribe, True),
-            ("images/generations", self._generate, False), ("images/edits", self._edit, True),
+            ("chat/completions", self._chat, False),
+            ("completions", self._completion, False),
+            ("responses", self._response, False),
+            ("embeddings", self._embeddings, False),
+            ("audio/speech", self._speech, False),
+            ("audio/transcriptions", self._transcribe, True),
+            ("images/generations", self._generate, False),
+            ("images/edits", self._edit, True),
             ("images/variations", self._edit, True),
         ):
             app.router.add_post(f"/v1/{path}", self._endpoint(build, multipart))
@@ -307,16 +328,26 @@ class FakeUpstream:
                 record.form[part.name or ""] = data.decode("utf-8", "replace")
             else:
                 kind = part.headers.get("Content-Type", "application/octet-stream")
-                record.files.append({"field": part.name or "", "filename": part.filename,
-                                     "content_type": kind, "size": len(data),
-                                     "sha256": hashlib.sha256(data).hexdigest()})
+                record.files.append(
+                    {
+                        "field": part.name or "",
+                        "filename": part.filename,
+                        "content_type": kind,
+                        "size": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                    }
+                )
 
     def _draw_fault(self, faults: FaultMix | None) -> str | None:
         if faults is None:
             return None
         roll = self._rng.random()
-        for name, chance in (("fault-500", faults.error_500), ("fault-429", faults.error_429),
-                             ("fault-timeout", faults.timeout), ("fault-drop", faults.drop)):
+        for name, chance in (
+            ("fault-500", faults.error_500),
+            ("fault-429", faults.error_429),
+            ("fault-timeout", faults.timeout),
+            ("fault-drop", faults.drop),
+        ):
             if roll < chance:
                 return name
             roll -= chance
@@ -328,8 +359,9 @@ class FakeUpstream:
             request.transport.abort()
         return outcome, web.Response()  # never reaches the client
 
-    async def _respond(self, request: web.Request, record: RecordedRequest, build: Build,
-                       multipart: bool) -> tuple[str, web.Response]:
+    async def _respond(
+        self, request: web.Request, record: RecordedRequest, build: Build, multipart: bool
+    ) -> tuple[str, web.Response]:
         try:
             await (self._read_form if multipart else self._read_json)(request, record)
         except UpstreamError as exc:
@@ -338,8 +370,9 @@ class FakeUpstream:
             await asyncio.sleep(self.latency)
         key = self.expected_api_key
         if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
-            return "unauthorized", error_response(401, "Incorrect API key provided.",
-                                                  code="invalid_api_key")
+            return "unauthorized", error_response(
+                401, "Incorrect API key provided.", code="invalid_api_key"
+            )
         faults = self.faults
         fault = self._draw_fault(faults)
         if fault == "fault-drop":
@@ -363,8 +396,9 @@ class FakeUpstream:
             response.headers["Retry-After"] = directives.retry_after
         return fault or outcome, response
 
-    def _answer(self, record: RecordedRequest, directives: Directives,
-                build: Build) -> tuple[str, web.Response]:
+    def _answer(
+        self, record: RecordedRequest, directives: Directives, build: Build
+    ) -> tuple[str, web.Response]:
         if (status := directives.status) is not None:
             return f"status-{status}", error_response(status, f"simulated upstream error {status}")
         job_id = record.job_id
@@ -389,8 +423,14 @@ class FakeUpstream:
         return "huge" if directives.huge else "ok", json_response(result)
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return json_response({"requests": self.total, "executions": self.executions,
-                              "arrivals": self.arrivals, "outcomes": dict(self.outcomes)})
+        return json_response(
+            {
+                "requests": self.total,
+                "executions": self.executions,
+                "arrivals": self.arrivals,
+                "outcomes": dict(self.outcomes),
+            }
+        )
 
     async def _reset(self, request: web.Request) -> web.Response:
         self.reset()
@@ -407,42 +447,81 @@ class FakeUpstream:
         text = _last_user_text(messages, "messages")
         prompt = _words(*(_text_of(m.get("content")) for m in messages if isinstance(m, dict)))
         message = {"role": "assistant", "content": text, "refusal": None}
-        choices = [{"index": i, "message": message, "logprobs": None, "finish_reason": "stop"}
-                   for i in range(_count(record.body.get("n")))]
+        choices = [
+            {"index": i, "message": message, "logprobs": None, "finish_reason": "stop"}
+            for i in range(_count(record.body.get("n")))
+        ]
         completion = _words(text) * len(choices)
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion,
-                 "total_tokens": prompt + completion}
-        return {"id": self._new_id("chatcmpl"), "object": "chat.completion", "model": record.model,
-                "created": int(time.time()), "choices": choices, "usage": usage}
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        return {
+            "id": self._new_id("chatcmpl"),
+            "object": "chat.completion",
+            "model": record.model,
+            "created": int(time.time()),
+            "choices": choices,
+            "usage": usage,
+        }
 
     def _completion(self, record: RecordedRequest) -> Payload:
         prompts = _as_texts(record.body.get("prompt"), "prompt")
-        choices = [{"index": i, "text": p, "logprobs": None, "finish_reason": "stop"}
-                   for i, p in enumerate(prompts)]
+        choices = [
+            {"index": i, "text": p, "logprobs": None, "finish_reason": "stop"}
+            for i, p in enumerate(prompts)
+        ]
         n = _words(*prompts)
         usage = {"prompt_tokens": n, "completion_tokens": n, "total_tokens": 2 * n}
-        return {"id": self._new_id("cmpl"), "object": "text_completion", "model": record.model,
-                "created": int(time.time()), "choices": choices, "usage": usage}
+        return {
+            "id": self._new_id("cmpl"),
+            "object": "text_completion",
+            "model": record.model,
+            "created": int(time.time()),
+            "choices": choices,
+            "usage": usage,
+        }
 
     def _response(self, record: RecordedRequest) -> Payload:
         text = _last_user_text(record.body.get("input"), "input")
         content = [{"type": "output_text", "text": text, "annotations": []}]
-        output = [{"type": "message", "id": self._new_id("msg"), "status": "completed",
-                   "role": "assistant", "content": content}]
+        output = [
+            {
+                "type": "message",
+                "id": self._new_id("msg"),
+                "status": "completed",
+                "role": "assistant",
+                "content": content,
+            }
+        ]
         n = _words(text)
-        return {"id": self._new_id("resp"), "object": "response", "created_at": int(time.time()),
-                "status": "completed", "model": record.model, "output": output, "error": None,
-                "usage": {"input_tokens": n, "output_tokens": n, "total_tokens": 2 * n}}
+        return {
+            "id": self._new_id("resp"),
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": record.model,
+            "output": output,
+            "error": None,
+            "usage": {"input_tokens": n, "output_tokens": n, "total_tokens": 2 * n},
+        }
 
     def _embeddings(self, record: RecordedRequest) -> Payload:
         texts = _as_texts(record.body.get("input"), "input")
         dims = _count(record.body.get("dimensions"), default=8, limit=4096)
-        vectors = [[round(b / 127.5 - 1, 4) for b in hashlib.shake_256(t.encode()).digest(dims)]
-                   for t in texts]  # deterministic, in [-1, 1]
+        vectors = [
+            [round(b / 127.5 - 1, 4) for b in hashlib.shake_256(t.encode()).digest(dims)]
+            for t in texts
+        ]  # deterministic, in [-1, 1]
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         n = _words(*texts)
-        return {"object": "list", "data": data, "model": record.model,
-                "usage": {"prompt_tokens": n, "total_tokens": n}}
+        return {
+            "object": "list",
+            "data": data,
+            "model": record.model,
+            "usage": {"prompt_tokens": n, "total_tokens": n},
+        }
 
     def _speech(self, record: RecordedRequest) -> web.Response:
         if not isinstance(record.body.get("input"), str):
@@ -456,8 +535,10 @@ class FakeUpstream:
         upload = next((f for f in record.files if f["field"] == "file"), None)
         if upload is None:
             raise UpstreamError("a 'file' upload is required", "file")
-        return {"text": f"Transcript of {upload['filename']} ({upload['size']} bytes).",
-                "usage": {"type": "duration", "seconds": 1}}
+        return {
+            "text": f"Transcript of {upload['filename']} ({upload['size']} bytes).",
+            "usage": {"type": "duration", "seconds": 1},
+        }
 
     def _images(self, count: Any) -> Payload:
         return {"created": int(time.time()), "data": [{"b64_json": PNG_B64}] * _count(count)}
@@ -476,8 +557,10 @@ class FakeUpstream:
 
 
 def _setting(name: str) -> Any:
-    return property(lambda self: getattr(self.server, name),
-                    lambda self, value: setattr(self.server, name, value))
+    return property(
+        lambda self: getattr(self.server, name),
+        lambda self, value: setattr(self.server, name, value),
+    )
 
 
 class UpstreamThread:
@@ -560,8 +643,9 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.upstream",
-                                     description="Run the fake OpenAI-compatible upstream.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.upstream", description="Run the fake OpenAI-compatible upstream."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--port-file", help="write the bound port here once listening")
