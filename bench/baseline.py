@@ -1,0 +1,157 @@
+"""The baseline app: the gateway's own spec, validators and middleware, with no database behind.
+
+Every submit operation answers 202 with a fresh job envelope and every poll answers 200 with
+one fixed completed chat job, rendered by the gateway's own renderer. What the gateway spends
+beyond this app is the cost of actually storing and reading jobs.
+
+Run: ``python -m bench.baseline --port N`` (uvicorn with httptools on uvloop, like the gateway).
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import uvicorn
+from connexion import AsyncApp
+from connexion.middleware import MiddlewarePosition
+from connexion.middleware.main import ConnexionMiddleware
+from connexion.middleware.security import SecurityMiddleware
+from connexion.options import SwaggerUIOptions
+from connexion.resolver import Resolver
+from starlette.responses import Response
+
+import handlers.jobs
+from asyncgate.app import SPEC_DIR
+from asyncgate.config import LimitsConfig
+from asyncgate.kinds import Kind
+from asyncgate.logs import configure
+from asyncgate.server import run
+from asyncgate.validation import LenientTTLParameterValidator, validator_map
+from bench.loadgen import chat_request
+from handlers import errors, render
+from handlers.limits import BodyLimitMiddleware
+from models.jobs import JobView
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+def completed_job() -> JobView:
+    """A completed chat job shaped like the one the fake upstream produces for the bench body."""
+    request = chat_request()
+    text = request["messages"][-1]["content"]
+    words = len(text.split())
+    result = {
+        "id": "chatcmpl-000000000001",
+        "object": "chat.completion",
+        "model": "ok",
+        "created": 1_700_000_000,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": words, "completion_tokens": words, "total_tokens": 2 * words},
+    }
+    created = datetime.now(UTC)
+    return JobView(
+        id=uuid.uuid4(),
+        status="completed",
+        created_at=created,
+        completed_at=created,
+        expires_at=created + timedelta(hours=1),
+        status_code=200,
+        result_json=orjson.dumps(result).decode(),
+        result_bytes=None,
+        result_content_type=None,
+        error=None,
+    )
+
+
+def _fake_submit(kind: Kind) -> Handler:
+    async def submit(body: Any = None, **uploads: Any) -> Response:
+        return render.accepted(kind, uuid.uuid4(), datetime.now(UTC))
+
+    return submit
+
+
+def _fake_poll(view: JobView) -> Handler:
+    async def poll(job_id: str) -> Response:
+        return render.job(view, 1)
+
+    return poll
+
+
+async def _health() -> Response:
+    return render.json_response({"status": "ok", "database": "ok"}, 200)
+
+
+def _resolver() -> Resolver:
+    """Maps each operation to a fake of the gateway handler bound to it (same kind, same role)."""
+    view = completed_job()
+
+    def resolve(operation_id: str) -> Handler:
+        module, _, name = operation_id.rpartition(".")
+        if module == "handlers.health":
+            return _health
+        role, _, kind = getattr(handlers.jobs, name).__name__.partition("_")
+        return _fake_submit(Kind(kind)) if role == "submit" else _fake_poll(view)
+
+    return Resolver(function_resolver=resolve)
+
+
+def create_baseline_app() -> AsyncApp:
+    """The gateway's app (see :func:`asyncgate.app.create_app`) with database-free handlers."""
+    validators = validator_map()
+    assert validators["parameter"] is LenientTTLParameterValidator
+    middlewares = [
+        m for m in ConnexionMiddleware.default_middlewares if m is not SecurityMiddleware
+    ]
+    app = AsyncApp(
+        __name__,
+        specification_dir=SPEC_DIR,
+        middlewares=middlewares,
+        swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/docs"),
+    )
+    app.add_middleware(
+        BodyLimitMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, limits=LimitsConfig()
+    )
+    app.add_api(
+        "openapi.yaml",
+        validator_map=validators,
+        strict_validation=False,
+        resolver=_resolver(),
+    )
+    errors.register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.baseline", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    configure("WARNING")
+    config = uvicorn.Config(
+        create_baseline_app(),
+        host=args.host,
+        port=args.port,
+        http="httptools",
+        loop="none",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+    )
+    run(uvicorn.Server(config).serve())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
