@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
+import weakref
 from collections.abc import AsyncIterator
 
 import orjson
@@ -50,21 +52,46 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
 
 
 class Database:
-    """A psycopg async pool plus a helper that maps outages to ServiceUnavailable."""
+    """A psycopg async pool plus a helper that maps outages to ServiceUnavailable.
 
-    def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> None:
+    A connection that sat idle in the pool for more than ``check_idle_seconds`` is checked
+    with a round trip before it is handed out, so the first requests after a database restart
+    do not fail on dead connections; busy connections skip that round trip.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        connect_timeout: float = 5.0,
+        check_idle_seconds: float = 1.0,
+    ) -> None:
         self.url = url
+        self.check_idle_seconds = check_idle_seconds
+        self._returned: weakref.WeakKeyDictionary[psycopg.AsyncConnection, float] = (
+            weakref.WeakKeyDictionary()
+        )
         self.pool = psycopg_pool.AsyncConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
             open=False,
             configure=_configure,
-            check=psycopg_pool.AsyncConnectionPool.check_connection,
+            check=self._check_if_idle,
+            reset=self._stamp,
             timeout=connect_timeout,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
             name="asyncgate",
         )
+
+    async def _stamp(self, conn: psycopg.AsyncConnection) -> None:
+        self._returned[conn] = time.monotonic()
+
+    async def _check_if_idle(self, conn: psycopg.AsyncConnection) -> None:
+        returned = self._returned.get(conn)
+        if returned is None or time.monotonic() - returned > self.check_idle_seconds:
+            await psycopg_pool.AsyncConnectionPool.check_connection(conn)
 
     async def open(self) -> None:
         await self.pool.open(wait=False)

@@ -100,11 +100,13 @@ def _small(view: JobView) -> bool:
 
 
 # Insert a whole batch of submissions in one statement (group commit): one round trip per batch.
+# The rows travel as one JSON document, which is far cheaper to build than one array per column.
 INSERT_JOBS = """
 INSERT INTO async_jobs (id, kind, owner_key_id, provider, model, request, ttl_seconds)
-SELECT id, kind, owner, provider, model, request::jsonb, ttl
-FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::int[])
-    AS t(id, kind, owner, provider, model, request, ttl)
+SELECT id, kind, owner_key_id, provider, model, request, ttl_seconds
+FROM jsonb_to_recordset(%s::jsonb) AS t(
+    id uuid, kind text, owner_key_id bigint, provider text, model text, request jsonb,
+    ttl_seconds integer)
 RETURNING id, created_at
 """
 
@@ -303,18 +305,19 @@ class JobStore:
     async def _insert(
         conn: psycopg.AsyncConnection, jobs: Sequence[NewJob]
     ) -> dict[uuid.UUID, datetime]:
-        cur = await conn.execute(
-            INSERT_JOBS,
-            (
-                [j.id for j in jobs],
-                [j.kind.value for j in jobs],
-                [j.owner_key_id for j in jobs],
-                [j.provider for j in jobs],
-                [j.model for j in jobs],
-                [dumps(j.request) for j in jobs],
-                [j.ttl_seconds for j in jobs],
-            ),
-        )
+        rows = [
+            {
+                "id": str(j.id),
+                "kind": j.kind.value,
+                "owner_key_id": j.owner_key_id,
+                "provider": j.provider,
+                "model": j.model,
+                "request": j.request,
+                "ttl_seconds": j.ttl_seconds,
+            }
+            for j in jobs
+        ]
+        cur = await conn.execute(INSERT_JOBS, (dumps(rows),))
         created = {row[0]: row[1] for row in await cur.fetchall()}
         files = [(j.id, pos, f) for j in jobs for pos, f in enumerate(j.files)]
         if files:
