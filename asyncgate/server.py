@@ -8,6 +8,7 @@ within the grace period and hands the rest back.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -32,8 +33,22 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every POSIX platform
         loop_factory = None
+    tune_garbage_collector()
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(main)
+
+
+def tune_garbage_collector() -> None:
+    """Keep the cyclic garbage collector off the request path.
+
+    A server allocates many short-lived objects per request, and with the default thresholds
+    the collector ran often enough to cost about a fifth of the submit throughput. Everything
+    alive after start-up (modules, the spec, the app) is frozen out of future collections, and
+    the youngest generation is collected every 50,000 allocations instead of 700.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Config:

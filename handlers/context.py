@@ -1,19 +1,28 @@
-"""Access to the shared services and the current request from inside a handler."""
+"""Access to the shared services and the current request from inside a handler.
+
+Both read the ASGI scope Connexion keeps for the running request, instead of building a request
+object on every access.
+"""
 
 from __future__ import annotations
 
 from typing import cast
 
-from connexion import request
+from connexion.context import scope
 from starlette.datastructures import Headers
+from starlette.types import Scope
 
 from asyncgate.services import Services
 
 
+def _current_scope() -> Scope:
+    return cast(Scope, scope._get_current_object())
+
+
 def services() -> Services:
     """The services the app's lifespan created (see :mod:`asyncgate.app`)."""
-    return cast(Services, request.state.services)
+    return cast(Services, _current_scope()["state"]["services"])
 
 
 def headers() -> Headers:
-    return cast(Headers, request.headers)
+    return Headers(scope=_current_scope())

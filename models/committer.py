@@ -32,7 +32,7 @@ def group_committer(
 
     async def insert(jobs: list[NewJob]) -> Sequence[datetime | BaseException]:
         try:
-            created = await store.insert_batch(jobs)
+            created_at = await store.insert_batch(jobs)
         except psycopg.DataError as exc:
             if len(jobs) == 1:
                 reason = exc.diag.message_primary or exc  # None when psycopg refused it itself
@@ -40,6 +40,6 @@ def group_committer(
             return [result for job in jobs for result in await insert([job])]
         if on_commit is not None:
             on_commit()
-        return [created[job.id] for job in jobs]
+        return [created_at] * len(jobs)
 
     return Batcher(insert, name="group-commit", flushers=flushers, max_batch=max_batch)

@@ -101,13 +101,18 @@ def _small(view: JobView) -> bool:
 
 # Insert a whole batch of submissions in one statement (group commit): one round trip per batch.
 # The rows travel as one JSON document, which is far cheaper to build than one array per column.
-INSERT_JOBS = """
-INSERT INTO async_jobs (id, kind, owner_key_id, provider, model, request, ttl_seconds)
-SELECT id, kind, owner_key_id, provider, model, request, ttl_seconds
-FROM jsonb_to_recordset(%s::jsonb) AS t(
-    id uuid, kind text, owner_key_id bigint, provider text, model text, request jsonb,
-    ttl_seconds integer)
-RETURNING id, created_at
+# Every row of a batch gets the same created_at (the transaction's now()), so one row comes back,
+# and the NOTIFY rides along: without files a batch is one statement, one round trip.
+INSERT_JOBS = f"""
+WITH inserted AS (
+    INSERT INTO async_jobs (id, kind, owner_key_id, provider, model, request, ttl_seconds)
+    SELECT id, kind, owner_key_id, provider, model, request, ttl_seconds
+    FROM jsonb_to_recordset(%s::jsonb) AS t(
+        id uuid, kind text, owner_key_id bigint, provider text, model text, request jsonb,
+        ttl_seconds integer)
+    RETURNING created_at
+)
+SELECT count(*), max(created_at), pg_notify('{NOTIFY_CHANNEL}', '') FROM inserted
 """
 
 # Files of the batch's multipart jobs, in the same transaction as their jobs.
@@ -296,15 +301,16 @@ class JobStore:
 
     # --- API side -------------------------------------------------------------------------
 
-    async def insert_batch(self, jobs: Sequence[NewJob]) -> dict[uuid.UUID, datetime]:
-        """Commit ``jobs`` (and their files) in one transaction; map each id to its created_at."""
-        async with self.db.connection() as conn, conn.transaction():
-            return await self._insert(conn, jobs)
+    async def insert_batch(self, jobs: Sequence[NewJob]) -> datetime:
+        """Commit ``jobs`` (and their files) in one transaction; returns their ``created_at``."""
+        async with self.db.connection() as conn:
+            if not any(job.files for job in jobs):
+                return await self._insert(conn, jobs)  # one statement: atomic by itself
+            async with conn.transaction():
+                return await self._insert(conn, jobs)
 
     @staticmethod
-    async def _insert(
-        conn: psycopg.AsyncConnection, jobs: Sequence[NewJob]
-    ) -> dict[uuid.UUID, datetime]:
+    async def _insert(conn: psycopg.AsyncConnection, jobs: Sequence[NewJob]) -> datetime:
         rows = [
             {
                 "id": str(j.id),
@@ -318,7 +324,10 @@ class JobStore:
             for j in jobs
         ]
         cur = await conn.execute(INSERT_JOBS, (dumps(rows),))
-        created = {row[0]: row[1] for row in await cur.fetchall()}
+        row = await cur.fetchone()
+        if row is None or row[0] != len(jobs):
+            raise RuntimeError(f"batch insert wrote {row and row[0]} of {len(jobs)} jobs")
+        created_at: datetime = row[1]
         files = [(j.id, pos, f) for j in jobs for pos, f in enumerate(j.files)]
         if files:
             await conn.execute(
@@ -332,8 +341,7 @@ class JobStore:
                     [f.data for _, _, f in files],
                 ),
             )
-        await conn.execute(NOTIFY)
-        return created
+        return created_at
 
     async def get(self, job_id: uuid.UUID, kind: Kind, key_id: int | None) -> JobView | None:
         """The job as its owner (or anyone, for a public job) may see it; None if not visible."""
