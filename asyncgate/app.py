@@ -16,8 +16,9 @@ from connexion.middleware import MiddlewarePosition
 from connexion.middleware.main import ConnexionMiddleware
 from connexion.middleware.security import SecurityMiddleware
 from connexion.options import SwaggerUIOptions
+from connexion.resolver import Resolver
 
-from asyncgate.config import Settings
+from asyncgate.config import LimitsConfig, Settings
 from asyncgate.runtime import api_services, open_database, worker_runtime
 from asyncgate.validation import validator_map
 from handlers import errors
@@ -41,6 +42,16 @@ def create_app(settings: Settings, database_url: str, *, run_worker: bool = Fals
             )
             yield {"services": services}
 
+    return connexion_app(settings.limits, lifespan=lifespan)
+
+
+def connexion_app(
+    limits: LimitsConfig, *, lifespan: Any = None, resolver: Resolver | None = None
+) -> AsyncApp:
+    """The spec bound to handlers, with the gateway's validators, limits and error mapping.
+
+    ``resolver`` swaps the handlers (the benchmark's baseline app answers without a database).
+    """
     middlewares = [
         m for m in ConnexionMiddleware.default_middlewares if m is not SecurityMiddleware
     ]
@@ -52,12 +63,13 @@ def create_app(settings: Settings, database_url: str, *, run_worker: bool = Fals
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/docs"),
     )
     app.add_middleware(
-        BodyLimitMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, limits=settings.limits
+        BodyLimitMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, limits=limits
     )
     app.add_api(
         "openapi.yaml",
         validator_map=validator_map(),
         strict_validation=False,
+        resolver=resolver,
     )
     errors.register(app)
     return app

@@ -51,19 +51,16 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        http="httptools",
-        loop="none",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=int(settings.worker.shutdown_grace_seconds) + 5,
-        **extra,
-    )
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "host": settings.server.host,
+        "port": settings.server.port,
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "log_config": None,
+        "timeout_graceful_shutdown": int(settings.worker.shutdown_grace_seconds) + 5,
+    }
 
 
 def _ignore_signals_after_uvicorn() -> None:
@@ -76,7 +73,7 @@ def _ignore_signals_after_uvicorn() -> None:
 async def serve_http(settings: Settings, database_url: str, *, run_worker: bool) -> None:
     """One process serving the API (and, for ``serve``, a worker and the sweeper)."""
     app = create_app(settings, database_url, run_worker=run_worker)
-    server = uvicorn.Server(_uvicorn_config(app, settings))
+    server = uvicorn.Server(uvicorn.Config(app, loop="none", **_uvicorn_options(settings)))
     _ignore_signals_after_uvicorn()
     log.info(
         "asyncgate %s listening on http://%s:%d",
@@ -100,14 +97,8 @@ def serve_http_processes(settings: Settings, database_url: str, config_path: str
         "asyncgate.server:app_factory",
         factory=True,
         workers=settings.server.processes,
-        host=settings.server.host,
-        port=settings.server.port,
-        http="httptools",
         loop="uvloop",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=int(settings.worker.shutdown_grace_seconds) + 5,
+        **_uvicorn_options(settings),
     )
 
 

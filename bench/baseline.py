@@ -18,23 +18,17 @@ from typing import Any
 import orjson
 import uvicorn
 from connexion import AsyncApp
-from connexion.middleware import MiddlewarePosition
-from connexion.middleware.main import ConnexionMiddleware
-from connexion.middleware.security import SecurityMiddleware
-from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 from starlette.responses import Response
 
 import handlers.jobs
-from asyncgate.app import SPEC_DIR
+from asyncgate.app import connexion_app
 from asyncgate.config import LimitsConfig
 from asyncgate.kinds import Kind
 from asyncgate.logs import configure
 from asyncgate.server import run
-from asyncgate.validation import LenientTTLParameterValidator, validator_map
 from bench.loadgen import chat_request
-from handlers import errors, render
-from handlers.limits import BodyLimitMiddleware
+from handlers import render
 from models.jobs import JobView
 
 Handler = Callable[..., Awaitable[Response]]
@@ -108,29 +102,8 @@ def _resolver() -> Resolver:
 
 
 def create_baseline_app() -> AsyncApp:
-    """The gateway's app (see :func:`asyncgate.app.create_app`) with database-free handlers."""
-    validators = validator_map()
-    assert validators["parameter"] is LenientTTLParameterValidator
-    middlewares = [
-        m for m in ConnexionMiddleware.default_middlewares if m is not SecurityMiddleware
-    ]
-    app = AsyncApp(
-        __name__,
-        specification_dir=SPEC_DIR,
-        middlewares=middlewares,
-        swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/docs"),
-    )
-    app.add_middleware(
-        BodyLimitMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, limits=LimitsConfig()
-    )
-    app.add_api(
-        "openapi.yaml",
-        validator_map=validators,
-        strict_validation=False,
-        resolver=_resolver(),
-    )
-    errors.register(app)
-    return app
+    """The gateway's app (see :func:`asyncgate.app.connexion_app`) with database-free handlers."""
+    return connexion_app(LimitsConfig(), resolver=_resolver())
 
 
 def main(argv: list[str] | None = None) -> int:
