@@ -22,6 +22,8 @@ def _throughput(s: dict[str, Any]) -> list[tuple[str, float, str]]:
             ("submit\nbaseline", sub["baseline"]["per_second"], REFERENCE),
             ("raw\ninsert", sub["raw_insert"]["per_second"], REFERENCE),
         ]
+        if group := sub.get("group_commit"):
+            bars.append(("group commit\n(no HTTP)", group["per_second"], REFERENCE))
     if e := s.get("end_to_end"):
         for key, label in (("serve", "e2e\nserve"), ("api_worker", "e2e\napi+worker")):
             if key in e:

@@ -1,4 +1,4 @@
-"""The load generator: lean aiohttp clients (closed and open loop) and raw psycopg inserts.
+"""The load generator: lean aiohttp clients (closed and open loop), raw and group-committed inserts.
 
 It runs inside the benchmark process, on the same two cores as the servers it measures, so the
 per-request work here is kept to a minimum: request bodies and URLs are built once, answers are
@@ -12,7 +12,7 @@ import contextlib
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,11 @@ import aiohttp
 import orjson
 import psycopg_pool
 from yarl import URL
+
+from asyncgate.kinds import Kind
+from models.committer import group_committer
+from models.database import Database
+from models.jobs import JobStore, NewJob
 
 CHAT_PATH = "/v1/async/chat/completions"
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -208,6 +213,35 @@ RETURNING id, created_at
 """
 
 
+async def repeat_calls(
+    call: Callable[[], Awaitable[object]],
+    *,
+    duration: float,
+    concurrency: int,
+    meter: contextlib.AbstractContextManager[Any] | None = None,
+) -> RunStats:
+    """``concurrency`` tasks awaiting ``call()`` back to back for ``duration`` seconds.
+
+    Each completed call's time goes into the latencies; an exception ends the run. ``meter`` is
+    entered just before the tasks start and left once they have all finished.
+    """
+    stats = RunStats()
+    measuring = meter or contextlib.nullcontext()
+    start = time.perf_counter()
+    deadline = start + duration
+
+    async def caller() -> None:
+        while time.perf_counter() < deadline:
+            began = time.perf_counter()
+            await call()
+            stats.latencies.append(time.perf_counter() - began)
+
+    with measuring:
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+    stats.elapsed = time.perf_counter() - start
+    return stats
+
+
 async def raw_inserts(
     database_url: str,
     request: dict[str, Any],
@@ -225,7 +259,6 @@ async def raw_inserts(
     """
     text = orjson.dumps(request).decode()
     provider, model = request["model"].split("/", 1)[0], request["model"]
-    stats = RunStats()
     async with psycopg_pool.AsyncConnectionPool(
         database_url,
         min_size=connections,
@@ -234,21 +267,55 @@ async def raw_inserts(
         open=False,
     ) as pool:
         await pool.open(wait=True)
-        measuring = meter or contextlib.nullcontext()
-        start = time.perf_counter()
-        deadline = start + duration
 
-        async def inserter() -> None:
-            while time.perf_counter() < deadline:
-                began = time.perf_counter()
-                async with pool.connection() as conn:
-                    cur = await conn.execute(
-                        INSERT_ONE, (uuid.uuid4(), provider, model, text, 3600)
-                    )
-                    await cur.fetchone()
-                stats.latencies.append(time.perf_counter() - began)
+        async def insert() -> None:
+            async with pool.connection() as conn:
+                cur = await conn.execute(INSERT_ONE, (uuid.uuid4(), provider, model, text, 3600))
+                await cur.fetchone()
 
-        with measuring:
-            await asyncio.gather(*(inserter() for _ in range(inserters)))
-        stats.elapsed = time.perf_counter() - start
-    return stats
+        return await repeat_calls(insert, duration=duration, concurrency=inserters, meter=meter)
+
+
+async def group_commits(
+    database_url: str,
+    request: dict[str, Any],
+    *,
+    duration: float,
+    submitters: int = 64,
+    connections: int = 8,
+    meter: contextlib.AbstractContextManager[Any] | None = None,
+) -> RunStats:
+    """The same rows as :func:`raw_inserts`, committed through the gateway's group committer.
+
+    ``submitters`` tasks each await ``submit(job)`` of one
+    :func:`models.committer.group_committer` on a ``models.database.Database`` of
+    ``connections`` connections, so concurrent submissions share a transaction (no HTTP).
+    ``meter`` is entered once the pool and the committer are up and left before they close.
+    """
+    provider, model = request["model"].split("/", 1)[0], request["model"]
+    db = Database(database_url, pool_size=connections)
+    await db.open()
+    try:
+        committer = group_committer(JobStore(db))
+        committer.start()
+        try:
+
+            async def submit() -> None:
+                job = NewJob(
+                    id=uuid.uuid4(),
+                    kind=Kind.CHAT_COMPLETION,
+                    owner_key_id=None,
+                    provider=provider,
+                    model=model,
+                    request=request,
+                    ttl_seconds=3600,
+                )
+                await committer.submit(job)
+
+            return await repeat_calls(
+                submit, duration=duration, concurrency=submitters, meter=meter
+            )
+        finally:
+            await committer.stop()
+    finally:
+        await db.close()
