@@ -61,7 +61,7 @@ class _Running:
 
 
 class Worker:
-    """One process's claim loop; ``run`` until ``stop``."""
+    """One process's claim loop, lease heartbeat and reaper: ``start``, later ``stop``."""
 
     def __init__(
         self,
@@ -169,6 +169,14 @@ class Worker:
             if (running := self.running.get(job.id)) is not None:
                 running.finishing = True
             await self._finish(job, outcome)
+        except Exception as exc:
+            # The job stays ours until its lease lapses; then it is claimed and run again.
+            if is_outage(exc):
+                log.warning("job %s interrupted: database unavailable; it will run again", job.id)
+            else:
+                log.exception(
+                    "job %s interrupted by an unexpected error; it will run again", job.id
+                )
         finally:
             self.running.pop(job.id, None)
             self.notifications.event.set()  # a slot is free
