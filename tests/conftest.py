@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +25,14 @@ import uvicorn
 from asyncgate.app import SPEC_DIR, create_app
 from asyncgate.config import ProviderConfig, Secret, Settings
 from asyncgate.embedded import EmbeddedPostgres
-from models import migrate
+from tests.launch import (
+    create_database,
+    create_migrated_database,
+    drop_database,
+    free_port,
+    poll_until,
+    with_database,
+)
 from tests.spec_check import SpecChecker
 from tests.upstream import UpstreamThread
 
@@ -35,29 +40,23 @@ UPSTREAM_KEY = "sk-upstream-secret"
 TERMINAL = ("completed", "failed")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = [
+    "TERMINAL",
+    "UPSTREAM_KEY",
+    "Gateway",
+    "free_port",
+    "make_settings",
+    "wait_for",
+    "with_database",
+]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
-
-
-def with_database(url: str, name: str) -> str:
-    """``url`` pointing at database ``name`` instead (keeps host, socket and credentials)."""
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    info["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**info)
+    value = poll_until(predicate, timeout, interval)
+    if not value:
+        raise AssertionError(f"condition not met within {timeout}s")
+    return value
 
 
 @pytest.fixture(scope="session")
@@ -79,24 +78,18 @@ def postgres_url() -> Iterator[str]:
 def template_database(postgres_url: str) -> Iterator[str]:
     """A migrated database that each test's database is copied from."""
     name = f"asyncgate_template_{os.getpid()}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    migrate.upgrade(with_database(postgres_url, name))
+    drop_database(postgres_url, name)
+    create_migrated_database(postgres_url, name)
     yield name
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(postgres_url, name)
 
 
 @pytest.fixture
 def database_url(postgres_url: str, template_database: str) -> Iterator[str]:
     """A fresh, migrated database for this test."""
     name = f"asyncgate_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    yield with_database(postgres_url, name)
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    yield create_database(postgres_url, name, template=template_database)
+    drop_database(postgres_url, name)
 
 
 @pytest.fixture

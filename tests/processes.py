@@ -9,13 +9,9 @@ failing test shows what each process said.
 
 from __future__ import annotations
 
-import ctypes
-import json
-import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,10 +19,11 @@ from typing import Any
 import psycopg
 import requests
 
+from tests import launch
 from tests.conftest import TERMINAL, UPSTREAM_KEY, free_port, wait_for
+from tests.launch import ROOT
 from tests.spec_check import SpecChecker
 
-ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_KEY_ENV = "FAKE_UPSTREAM_API_KEY"
 """Variable that carries the upstream key into the child (named by ``api_key_env``)."""
 
@@ -42,37 +39,6 @@ FAST_WORKER: dict[str, Any] = {
     "shutdown_grace_seconds": 2.0,
 }
 
-_PR_SET_PDEATHSIG = 1
-try:
-    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
-except OSError:  # pragma: no cover - not glibc
-    _LIBC = None
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL if the test process dies without cleaning up."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def toml_text(top: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]]) -> str:
-    """A TOML document of plain keys and one level of (possibly dotted) tables."""
-
-    def value(item: Any) -> str:
-        if isinstance(item, bool):
-            return "true" if item else "false"
-        if isinstance(item, int | float):
-            return repr(item)
-        if isinstance(item, str):
-            return json.dumps(item)
-        raise TypeError(f"cannot write {item!r} to TOML")
-
-    lines = [f"{key} = {value(item)}" for key, item in top.items()]
-    for name, table in tables.items():
-        lines.append(f"\n[{name}]")
-        lines.extend(f"{key} = {value(item)}" for key, item in table.items())
-    return "\n".join(lines) + "\n"
-
 
 def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment without settings meant for it, plus the upstream key.
@@ -80,15 +46,9 @@ def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     ``ASYNCGATE_*`` variables are removed because the child would read them as settings
     (and refuse the test-only ones).
     """
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("ASYNCGATE_") and name != "DATABASE_URL"
-    }
-    env[UPSTREAM_KEY_ENV] = UPSTREAM_KEY
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
+    return launch.child_environment(
+        {UPSTREAM_KEY_ENV: UPSTREAM_KEY, "PYTHONUNBUFFERED": "1", **(extra or {})}
+    )
 
 
 class GatewayProcess:
@@ -123,34 +83,18 @@ class GatewayProcess:
 
     @property
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "asyncgate", "--config", str(self.config_path)]
-        argv.append(self.command)
-        if self.port is not None:
-            argv += ["--port", str(self.port)]
-        return argv
+        port = [] if self.port is None else ["--port", str(self.port)]
+        return launch.gateway_argv(self.config_path, self.command, *port)
 
     def start(self) -> GatewayProcess:
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(
-                self.argv,
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        self.popen = launch.start_process(self.argv, self.log_path, self.env, die_with_parent=True)
         return self
 
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
     def logs(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return launch.read_log(self.log_path)
 
     def wait_log(self, pattern: str | re.Pattern[str], timeout: float = 15.0) -> re.Match[str]:
         """The first match of ``pattern`` in the log, waiting for it to be written."""
@@ -218,7 +162,7 @@ class GatewayProcess:
         self.paused = False
 
     def tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        return "\n".join(self.logs().splitlines()[-lines:])
+        return launch.log_tail(self.log_path, lines)
 
     def __str__(self) -> str:
         pid = self.popen.pid if self.popen is not None else "-"
@@ -262,9 +206,7 @@ class Processes:
                 top[name] = values
         tables.update({f"providers.{name}": keys for name, keys in providers.items()})
         self._configs += 1
-        path = self.directory / f"asyncgate-{self._configs}.toml"
-        path.write_text(toml_text(top, tables))
-        return path
+        return launch.write_config(self.directory / f"asyncgate-{self._configs}.toml", top, tables)
 
     def spawn(
         self, command: str, config: Path, *, env: Mapping[str, str] | None = None
@@ -283,7 +225,7 @@ class Processes:
     def run_cli(self, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
         """Run a one-shot command (``keys create NAME``, ``migrate``) to completion."""
         return subprocess.run(
-            [sys.executable, "-m", "asyncgate", "--config", str(config), *args],
+            launch.gateway_argv(config, *args),
             cwd=ROOT,
             env=child_environment(),
             capture_output=True,

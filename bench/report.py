@@ -1,0 +1,158 @@
+"""How a benchmark run reports: progress lines, the goals and the table of figures.
+
+:func:`goals` compares the measured figures with the targets; :func:`table` renders figures,
+goals, the machine and the notes as the plain text printed at the end of ``bench.run`` and
+written to ``summary.txt``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+NOTES = [
+    "Load generator, servers and PostgreSQL share one machine "
+    "(the load generator runs in the benchmark process and competes for the same cores); "
+    "'other' is CPU used meanwhile by unrelated processes on the host.",
+    "Pickup latency can be negative: the worker may call the upstream before the client has "
+    "read its 202 (both are after the commit).",
+]
+"""Caveats printed under the table and stored with the results."""
+
+
+def say(message: str) -> None:
+    """A progress line, prefixed with the time of day."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def goals(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each goal with its measured value and whether it is met (absent scenarios are skipped).
+
+    Entries marked ``informational`` check a claim behind the design rather than a goal.
+    """
+    found: list[dict[str, Any]] = []
+
+    def goal(name: str, value: float, target: str, met: bool, informational: bool = False) -> None:
+        entry = {"goal": name, "value": value, "target": target, "met": bool(met)}
+        if informational:
+            entry["informational"] = True
+        found.append(entry)
+
+    if s := scenarios.get("submit"):
+        gw, base, raw = s["gateway_api"], s["baseline"], s["raw_insert"]
+        ratio = gw["per_second"] / base["per_second"]
+        goal("submit / baseline", ratio, ">= 0.80", ratio >= 0.8)
+        goal("submit p99 (ms)", gw["p99_ms"], "< 50", gw["p99_ms"] < 50)
+        ratio = gw["per_second"] / raw["per_second"]
+        goal("submit / raw insert", ratio, "> 1.00", ratio > 1.0)
+        if group := s.get("group_commit"):
+            ratio = group["per_second"] / raw["per_second"]
+            goal("group commit / raw insert", ratio, "> 1.00", ratio > 1.0, informational=True)
+    if p := scenarios.get("pickup"):
+        goal("pickup p50 (ms)", p["p50_ms"], "<= 5", p["p50_ms"] <= 5)
+        goal("pickup p99 (ms)", p["p99_ms"], "<= 25", p["p99_ms"] <= 25)
+    if f := scenarios.get("in_flight"):
+        ratio = f["ratio_to_ideal"]
+        goal("in flight / ideal", ratio, "<= 1.20", ratio <= 1.2 and f["failed"] == 0)
+        rss = f["worker_peak_rss_mb"]
+        goal("worker peak RSS (MB)", rss, "< 250", rss < 250)
+    if q := scenarios.get("poll"):
+        ratio = q["gateway"]["per_second"] / q["baseline"]["per_second"]
+        goal("poll / baseline", ratio, ">= 0.80", ratio >= 0.8)
+    return found
+
+
+def _cores(cpu: dict[str, float] | None) -> str:
+    if not cpu:
+        return ""
+    keys = ("loadgen", "server", "postgres", "other")
+    return "/".join(f"{cpu[k]:.2f}" if k in cpu else "-" for k in keys)
+
+
+def table(results: dict[str, Any]) -> str:
+    """The figures and goals as plain text."""
+    s = results.get("scenarios", {})
+    rows: list[list[str]] = []
+
+    def add(name: str, figure: str, r: dict[str, Any] | None = None) -> None:
+        r = r or {}
+        p50, p99 = r.get("p50_ms"), r.get("p99_ms")
+        rows.append(
+            [
+                name,
+                figure,
+                "" if p50 is None else f"{p50:.2f}",
+                "" if p99 is None else f"{p99:.2f}",
+                _cores(r.get("cpu")),
+            ]
+        )
+
+    if sub := s.get("submit"):
+        for key, name in (
+            ("gateway_api", "submit: gateway (api)"),
+            ("baseline", "submit: baseline app (no DB)"),
+            ("raw_insert", "submit: raw psycopg insert"),
+            ("group_commit", "submit: group commit (no HTTP)"),
+        ):
+            if key in sub:
+                add(name, f"{sub[key]['per_second']:.0f} /s", sub[key])
+    if p := s.get("pickup"):
+        add(f"pickup at {p['rate']:g}/s (serve)", f"{p['matched']} jobs", p)
+    if e := s.get("end_to_end"):
+        for key, name in (("serve", "end to end: serve"), ("api_worker", "end to end: api+worker")):
+            if key in e:
+                add(name, f"{e[key]['jobs_per_second']:.0f} jobs/s", {"cpu": e[key]["cpu"]})
+    if f := s.get("in_flight"):
+        add(
+            f"in flight: {f['jobs']} x {f['upstream_latency_s']:g}s",
+            f"{f['seconds']:.2f} s (ideal {f['ideal_seconds']:g})",
+            {"cpu": f["cpu"]},
+        )
+        add("in flight: worker peak RSS", f"{f['worker_peak_rss_mb']:.0f} MB")
+    if q := s.get("poll"):
+        for key, name in (("gateway", "poll: gateway (api)"), ("baseline", "poll: baseline app")):
+            add(name, f"{q[key]['per_second']:.0f} /s", q[key])
+    head = ["scenario", "figure", "p50 ms", "p99 ms", "cores: loadgen/server/pg/other"]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    out.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        cells = [r[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        ]
+        out.append("  ".join(cells).rstrip())
+    out.append("")
+    g = results.get("goals", [])
+    name_width = max((len(x["goal"]) for x in g), default=4)
+    out.append("goals")
+    for x in g:
+        state = "met" if x["met"] else "NOT MET"
+        if x.get("informational"):
+            state += " (informational)"
+        out.append(f"  {x['goal'].ljust(name_width)}  {x['value']:9.3f}  {x['target']:>7}  {state}")
+    m = results.get("machine", {})
+    out.append("")
+    out.append(
+        f"machine: {m.get('cores')} cores, {m.get('cpu_model')}, Python {m.get('python')}, "
+        f"{str(m.get('postgresql', '?')).split(' on ')[0]}, load average at start "
+        f"{m.get('load_average_at_start')}"
+    )
+    out.extend(f"note: {n}" for n in results.get("notes", []))
+    others = [c["other"] for c in _cpu_figures(s) if "other" in c]
+    if others and max(others) > 0.25:
+        out.append(
+            f"WARNING: unrelated processes kept up to {max(others):.2f} cores busy during the "
+            "measurements; these figures understate what the machine can do."
+        )
+    return "\n".join(out)
+
+
+def _cpu_figures(value: Any) -> list[dict[str, float]]:
+    """Every ``cpu`` figure set found anywhere in ``value``."""
+    if isinstance(value, dict):
+        found = [value["cpu"]] if isinstance(value.get("cpu"), dict) else []
+        for key, item in value.items():
+            if key != "cpu":
+                found += _cpu_figures(item)
+        return found
+    return []
