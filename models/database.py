@@ -12,7 +12,8 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import orjson
 import psycopg
@@ -108,6 +109,22 @@ class Database:
         except _OUTAGE_ERRORS as exc:
             log.warning("database unavailable: %s", exc.__class__.__name__)
             raise ServiceUnavailable(UNAVAILABLE) from exc
+
+    async def read(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query, tried once more on another connection when the one it got
+        failed: after a database restart a pooled connection fails on first use, and a read is
+        safe to repeat. (No second try when no connection could be had at all.)"""
+        try:
+            return await self._read(query, params)
+        except ServiceUnavailable as exc:
+            if isinstance(exc.__cause__, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests):
+                raise
+            return await self._read(query, params)
+
+    async def _read(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        async with self.connection() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall()
 
     async def ping(self) -> bool:
         """True when PostgreSQL answers a trivial query."""

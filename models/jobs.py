@@ -353,12 +353,10 @@ class JobStore:
                 return view
             del self._terminal[cache_key]
             return None
-        async with self.db.connection() as conn:
-            cur = await conn.execute(GET_JOB, (job_id, kind.value, key_id))
-            row = await cur.fetchone()
-        if row is None:
+        rows = await self.db.read(GET_JOB, (job_id, kind.value, key_id))
+        if not rows:
             return None
-        view = JobView(*row)
+        view = JobView(*rows[0])
         if view.status in TERMINAL and _small(view) and self.cache_size > 0:
             self._terminal[cache_key] = view
             if len(self._terminal) > self.cache_size:
@@ -443,9 +441,7 @@ class JobStore:
         return [Transition(*r) for r in rows]
 
     async def files(self, job_id: uuid.UUID) -> list[NewFile]:
-        async with self.db.connection() as conn:
-            cur = await conn.execute(GET_FILES, (job_id,))
-            return [NewFile(*row) for row in await cur.fetchall()]
+        return [NewFile(*row) for row in await self.db.read(GET_FILES, (job_id,))]
 
     async def sweep(self, batch: int) -> int:
         """Delete up to ``batch`` expired jobs (files go with them); returns how many."""

@@ -82,9 +82,8 @@ class KeyStore:
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        async with self.db.connection() as conn:
-            cur = await conn.execute(FIND_KEY, (digest,))
-            row = await cur.fetchone()
+        rows = await self.db.read(FIND_KEY, (digest,))
+        row = rows[0] if rows else None
         key_id = row[0] if row is not None and hmac.compare_digest(bytes(row[1]), digest) else None
         if self.cache_seconds > 0:
             if len(self._cache) > 10_000:
