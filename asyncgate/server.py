@@ -106,7 +106,9 @@ def app_factory() -> Any:
     """App for one process of ``api --processes N`` (configuration from the environment)."""
     settings = load_settings()
     configure(settings.log_level)
-    return create_app(settings, os.environ["ASYNCGATE_DATABASE_URL"])
+    app = create_app(settings, os.environ["ASYNCGATE_DATABASE_URL"])
+    tune_garbage_collector()
+    return app
 
 
 async def run_worker(settings: Settings, database_url: str) -> None:
