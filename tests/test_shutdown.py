@@ -105,3 +105,18 @@ def test_api_exits_cleanly_on_sigterm_and_keeps_what_it_accepted(
     assert row["status"] == "pending"
     assert row["attempts"] == 0
     assert upstream.executions.get(job_id) is None
+
+
+def test_api_processes_share_the_port_and_exit_cleanly_on_sigterm(
+    procs: Processes, upstream: UpstreamThread, database_url: str, spec_checker: SpecChecker
+) -> None:
+    api = procs.start("api", server={"processes": 2})
+    wait_for(lambda: api.logs().count("Application startup complete") == 2)
+    client = Client(api.url, spec_checker)
+    job_ids = [client.submit_ok(CHAT, chat("fake/ok")) for _ in range(6)]
+    assert all(client.poll(CHAT, job_id).status_code == 202 for job_id in job_ids)
+    client.close()
+
+    assert api.terminate(timeout=20) == 0
+
+    assert all(job_row(database_url, job_id)["status"] == "pending" for job_id in job_ids)
