@@ -46,9 +46,8 @@ class Batcher(Generic[T, R]):
         ]
 
     async def stop(self) -> None:
-        """Flush what is queued, then stop the flushers."""
-        while not self._queue.empty():
-            await asyncio.sleep(0.001)
+        """Flush what is queued and wait for batches in flight, then stop the flushers."""
+        await self._queue.join()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -68,7 +67,11 @@ class Batcher(Generic[T, R]):
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._flush_batch(batch)
+            try:
+                await self._flush_batch(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
 
     async def _flush_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
