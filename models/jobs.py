@@ -202,12 +202,15 @@ WHERE id IN (
 RETURNING id, kind, provider, attempts
 """
 
-# A dead worker's jobs that used up their attempts fail instead of looping forever.
-FAIL_EXHAUSTED = """
-UPDATE async_jobs
-SET status = 'failed', status_code = 502, error = %(error)s::jsonb || jsonb_build_object(
+# The given error with the job's own provider, model and kind as its extra_fields.
+_JOB_ERROR = """%(error)s::jsonb || jsonb_build_object(
         'extra_fields', jsonb_build_object(
-            'provider', provider, 'model_requested', model, 'request_type', kind)),
+            'provider', provider, 'model_requested', model, 'request_type', kind))"""
+
+# A dead worker's jobs that used up their attempts fail instead of looping forever.
+FAIL_EXHAUSTED = f"""
+UPDATE async_jobs
+SET status = 'failed', status_code = 502, error = {_JOB_ERROR},
     completed_at = now(), expires_at = now() + make_interval(secs => ttl_seconds),
     lease_owner = NULL, lease_expires_at = NULL
 WHERE id IN (
@@ -219,11 +222,9 @@ RETURNING id, kind, provider, attempts
 """
 
 # Jobs that waited pending longer than allowed fail rather than run uselessly late.
-FAIL_STALE_PENDING = """
+FAIL_STALE_PENDING = f"""
 UPDATE async_jobs
-SET status = 'failed', status_code = 504, error = %(error)s::jsonb || jsonb_build_object(
-        'extra_fields', jsonb_build_object(
-            'provider', provider, 'model_requested', model, 'request_type', kind)),
+SET status = 'failed', status_code = 504, error = {_JOB_ERROR},
     completed_at = now(), expires_at = now() + make_interval(secs => ttl_seconds)
 WHERE id IN (
     SELECT id FROM async_jobs
