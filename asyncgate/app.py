@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from connexion import AsyncApp
@@ -19,12 +18,11 @@ from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 
 from asyncgate.config import LimitsConfig, Settings
+from asyncgate.handlers import errors
+from asyncgate.handlers.limits import BodyLimitMiddleware
+from asyncgate.resources import spec_dir
 from asyncgate.runtime import api_services, open_database, worker_runtime
 from asyncgate.validation import validator_map
-from handlers import errors
-from handlers.limits import BodyLimitMiddleware
-
-SPEC_DIR = Path(__file__).resolve().parent.parent / "spec"
 
 
 def create_app(settings: Settings, database_url: str, *, run_worker: bool = False) -> AsyncApp:
@@ -57,7 +55,7 @@ def connexion_app(
     ]
     app = AsyncApp(
         __name__,
-        specification_dir=SPEC_DIR,
+        specification_dir=spec_dir(),
         lifespan=lifespan,
         middlewares=middlewares,
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/docs"),

@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings.replace(server=server_changes)
     configure(settings.log_level)
 
-    from models import migrate
+    from asyncgate.models import migrate
 
     with database(settings) as url:
         if args.command == "migrate":
@@ -98,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _keys(settings: Settings, url: str, args: argparse.Namespace) -> int:
+    from asyncgate.models.keys import DuplicateKeyName, KeyStore
     from asyncgate.runtime import open_database
-    from models.keys import DuplicateKeyName, KeyStore
 
     async with open_database(settings, url) as db:
         keys = KeyStore(db)

@@ -14,16 +14,16 @@ from dataclasses import dataclass
 import aiohttp
 
 from asyncgate.config import Settings
+from asyncgate.models.committer import group_committer
+from asyncgate.models.database import Database
+from asyncgate.models.jobs import JobStore
+from asyncgate.models.keys import KeyStore
+from asyncgate.models.notifications import JobNotifications
 from asyncgate.services import Services
-from models.committer import group_committer
-from models.database import Database
-from models.jobs import JobStore
-from models.keys import KeyStore
-from models.notifications import JobNotifications
-from worker.execute import Executor
-from worker.loop import Worker
-from worker.sweeper import Sweeper
-from worker.upstream import Upstream
+from asyncgate.worker.execute import Executor
+from asyncgate.worker.loop import Worker
+from asyncgate.worker.sweeper import Sweeper
+from asyncgate.worker.upstream import Upstream
 
 
 @contextlib.asynccontextmanager

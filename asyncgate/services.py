@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from asyncgate.config import Settings
-from models.batching import Batcher
-from models.database import Database
-from models.jobs import JobStore, NewJob
-from models.keys import KeyStore
+from asyncgate.models.batching import Batcher
+from asyncgate.models.database import Database
+from asyncgate.models.jobs import JobStore, NewJob
+from asyncgate.models.keys import KeyStore
 
 
 @dataclass(frozen=True)

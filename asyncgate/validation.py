@@ -24,7 +24,7 @@ from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartParser
 from starlette.types import Scope
 
-from handlers.submission import TTL_HEADER
+from asyncgate.handlers.submission import TTL_HEADER
 
 
 class LenientTTLParameterValidator(ParameterValidator):

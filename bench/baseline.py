@@ -15,21 +15,21 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncgate.handlers.jobs
 import orjson
 import uvicorn
+from asyncgate.handlers import render
+from asyncgate.models.jobs import JobView
 from connexion import AsyncApp
 from connexion.resolver import Resolver
 from starlette.responses import Response
 
-import handlers.jobs
 from asyncgate.app import connexion_app
 from asyncgate.config import LimitsConfig
 from asyncgate.kinds import Kind
 from asyncgate.logs import configure
 from asyncgate.server import run
 from bench.loadgen import chat_request
-from handlers import render
-from models.jobs import JobView
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -93,9 +93,9 @@ def _resolver() -> Resolver:
 
     def resolve(operation_id: str) -> Handler:
         module, _, name = operation_id.rpartition(".")
-        if module == "handlers.health":
+        if module == "asyncgate.handlers.health":
             return _health
-        role, _, kind = getattr(handlers.jobs, name).__name__.partition("_")
+        role, _, kind = getattr(asyncgate.handlers.jobs, name).__name__.partition("_")
         return _fake_submit(Kind(kind)) if role == "submit" else _fake_poll(view)
 
     return Resolver(function_resolver=resolve)

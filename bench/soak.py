@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         admin_url = pg.start()
         launch.create_database(admin_url, "soak")
         db_url = pg.url("soak")
-        from models import migrate
+        from asyncgate.models import migrate
 
         migrate.upgrade(db_url)
         upstream.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 
+from asyncgate.handlers import render
 from connexion import AsyncApp
 from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
@@ -16,7 +17,6 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from asyncgate.errors import GatewayError, ServiceUnavailable
-from handlers import render
 
 log = logging.getLogger("asyncgate.http")
 

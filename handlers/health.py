@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from asyncgate.handlers import render
+from asyncgate.handlers.context import services
 from starlette.responses import Response
-
-from handlers import render
-from handlers.context import services
 
 
 async def getHealth() -> Response:

@@ -7,14 +7,20 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from asyncgate.handlers import render
+from asyncgate.handlers.auth import resolve_owner
+from asyncgate.handlers.context import headers, services
+from asyncgate.handlers.submission import (
+    TTL_HEADER,
+    build_job,
+    close_uploads,
+    parse_ttl,
+    read_files,
+)
 from starlette.responses import Response
 
 from asyncgate.errors import JOB_NOT_FOUND, BadRequest, NotFound
 from asyncgate.kinds import Kind
-from handlers import render
-from handlers.auth import resolve_owner
-from handlers.context import headers, services
-from handlers.submission import TTL_HEADER, build_job, close_uploads, parse_ttl, read_files
 
 Handler = Callable[..., Awaitable[Response]]
 

@@ -8,10 +8,10 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from asyncgate.models.jobs import JobView
 from starlette.responses import Response
 
 from asyncgate.kinds import KINDS, Kind
-from models.jobs import JobView
 
 JSON = "application/json"
 

@@ -6,13 +6,13 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from asyncgate.models.jobs import NewFile, NewJob
 from starlette.datastructures import UploadFile
 
 from asyncgate.config import JobsConfig, LimitsConfig
 from asyncgate.errors import BadRequest, PayloadTooLarge
 from asyncgate.kinds import Kind
 from asyncgate.routing import check_models
-from models.jobs import NewFile, NewJob
 
 TTL_HEADER = "x-bf-async-job-result-ttl"
 _TRUE = (True, "true", "True", "1")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 
 from alembic import context
+from asyncgate.models.tables import metadata
 from sqlalchemy import create_engine
-
-from models.tables import metadata
 
 
 def _url() -> str:

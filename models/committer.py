@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import psycopg
+from asyncgate.models.batching import Batcher
+from asyncgate.models.jobs import JobStore, NewJob
 
 from asyncgate.errors import BadRequest
-from models.batching import Batcher
-from models.jobs import JobStore, NewJob
 
 
 def group_committer(

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import psycopg
+from asyncgate.models.database import Database, dumps
 
 from asyncgate.kinds import Kind
-from models.database import Database, dumps
 
 NOTIFY_CHANNEL = "asyncgate_jobs"
 

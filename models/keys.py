@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
-
-from models.database import Database
+from asyncgate.models.database import Database
 
 KEY_PREFIX = "sk-bf-"
 

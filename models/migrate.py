@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import psycopg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+from asyncgate.resources import migrations_dir
+
 _LOCK_ID = 0x61737967  # "asyg": one lock for every asyncgate process on the database
 
 
 def alembic_config() -> Config:
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("script_location", str(migrations_dir()))
     return config
 
 

@@ -11,8 +11,7 @@ import contextlib
 import logging
 
 import psycopg
-
-from models.jobs import NOTIFY_CHANNEL
+from asyncgate.models.jobs import NOTIFY_CHANNEL
 
 log = logging.getLogger("asyncgate.notifications")
 

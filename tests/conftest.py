@@ -22,9 +22,10 @@ import pytest
 import requests
 import uvicorn
 
-from asyncgate.app import SPEC_DIR, create_app
+from asyncgate.app import create_app
 from asyncgate.config import ProviderConfig, Secret, Settings
 from asyncgate.embedded import EmbeddedPostgres
+from asyncgate.resources import spec_dir
 from tests.launch import (
     create_database,
     create_migrated_database,
@@ -189,7 +190,7 @@ class Gateway:
 
 @pytest.fixture(scope="session")
 def spec_checker() -> SpecChecker:
-    return SpecChecker(SPEC_DIR / "openapi.yaml")
+    return SpecChecker(spec_dir() / "openapi.yaml")
 
 
 @pytest.fixture

@@ -15,12 +15,12 @@ from typing import Any, TypeVar
 
 import psycopg
 import requests
+from asyncgate.models.database import Database
+from asyncgate.models.jobs import JobStore
+from asyncgate.models.keys import KeyStore
 
 from asyncgate.config import Settings
 from asyncgate.kinds import KINDS, Kind
-from models.database import Database
-from models.jobs import JobStore
-from models.keys import KeyStore
 from tests.conftest import UPSTREAM_KEY, Gateway, make_settings, with_database
 from tests.spec_check import SpecChecker
 from tests.upstream import RecordedRequest, UpstreamThread

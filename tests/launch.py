@@ -61,7 +61,7 @@ def drop_database(admin_url: str, name: str) -> None:
 
 def create_migrated_database(admin_url: str, name: str) -> str:
     """Create database ``name`` and bring its schema up to date; returns its URL."""
-    from models import migrate
+    from asyncgate.models import migrate
 
     url = create_database(admin_url, name)
     migrate.upgrade(url)

@@ -11,10 +11,10 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from asyncgate.models import migrate
+from asyncgate.models.tables import metadata
 from sqlalchemy import CheckConstraint, create_engine
 
-from models import migrate
-from models.tables import metadata
 from tests.helpers import new_database
 
 Sql = Callable[..., list[tuple[Any, ...]]]

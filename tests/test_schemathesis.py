@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from asyncgate.app import SPEC_DIR
+from asyncgate.resources import spec_dir
 from tests.processes import GatewayProcess, Processes
 from tests.upstream import UpstreamThread
 
@@ -62,7 +62,7 @@ def serve(tmp_path: Path, database_url: str, upstream: UpstreamThread) -> Iterat
 
 
 def test_every_operation_answers_as_the_spec_declares(serve: GatewayProcess) -> None:
-    schema = schemathesis.openapi.from_path(SPEC_DIR / "openapi.yaml")
+    schema = schemathesis.openapi.from_path(spec_dir() / "openapi.yaml")
     operations = [result.ok() for result in schema.get_all_operations() if isinstance(result, Ok)]
     assert len(operations) >= 19
     calls: Counter[str] = Counter()

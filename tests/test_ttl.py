@@ -7,8 +7,10 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from asyncgate.models.jobs import JobStore
+from asyncgate.worker.sweeper import Sweeper
+
 from asyncgate.config import SweeperConfig
-from models.jobs import JobStore
 from tests.conftest import Gateway, wait_for
 from tests.helpers import (
     CHAT,
@@ -20,7 +22,6 @@ from tests.helpers import (
     submit_ok,
     with_store,
 )
-from worker.sweeper import Sweeper
 
 TTL = "x-bf-async-job-result-ttl"
 Sql = Callable[..., list[tuple[Any, ...]]]

@@ -13,11 +13,12 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+from asyncgate.models.jobs import ClaimedJob, JobStore, NewFile, Outcome
+from asyncgate.worker.upstream import Upstream, UpstreamError, UpstreamReply, upstream_body
+
 from asyncgate.config import ProviderConfig, WorkerConfig
 from asyncgate.kinds import KINDS
 from asyncgate.routing import candidate_models, split_model
-from models.jobs import ClaimedJob, JobStore, NewFile, Outcome
-from worker.upstream import Upstream, UpstreamError, UpstreamReply, upstream_body
 
 log = logging.getLogger("asyncgate.worker")
 

@@ -19,12 +19,13 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from asyncgate.models.batching import Batcher
+from asyncgate.models.database import is_outage
+from asyncgate.models.jobs import ClaimedJob, JobStore, Outcome, Transition
+from asyncgate.models.notifications import JobNotifications
+from asyncgate.worker.execute import Executor
+
 from asyncgate.config import WorkerConfig
-from models.batching import Batcher
-from models.database import is_outage
-from models.jobs import ClaimedJob, JobStore, Outcome, Transition
-from models.notifications import JobNotifications
-from worker.execute import Executor
 
 log = logging.getLogger("asyncgate.worker")
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from asyncgate.models.database import is_outage
+from asyncgate.models.jobs import JobStore
+
 from asyncgate.config import SweeperConfig
-from models.database import is_outage
-from models.jobs import JobStore
 
 log = logging.getLogger("asyncgate.sweeper")
 

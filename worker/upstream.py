@@ -16,10 +16,10 @@ from typing import Any
 
 import aiohttp
 import orjson
+from asyncgate.models.jobs import NewFile
 
 from asyncgate.config import ProviderConfig
 from asyncgate.kinds import KINDS, Kind
-from models.jobs import NewFile
 
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 GATEWAY_ONLY_FIELDS = ("fallbacks", "stream")

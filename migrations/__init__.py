@@ -1,0 +1,1 @@
+"""The alembic migrations, shipped inside the package as data (see :mod:`asyncgate.resources`)."""

@@ -1,0 +1,1 @@
+"""The OpenAPI contract, shipped inside the package as data (see :mod:`asyncgate.resources`)."""
