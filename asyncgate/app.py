@@ -18,11 +18,11 @@ from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 
 from asyncgate.config import LimitsConfig, Settings
-from asyncgate.handlers import errors
+from asyncgate.handlers import errors, operations
 from asyncgate.handlers.limits import BodyLimitMiddleware
+from asyncgate.handlers.validation import validator_map
 from asyncgate.resources import spec_dir
 from asyncgate.runtime import api_services, open_database, worker_runtime
-from asyncgate.validation import validator_map
 
 
 def create_app(settings: Settings, database_url: str, *, run_worker: bool = False) -> AsyncApp:
@@ -67,7 +67,7 @@ def connexion_app(
         "openapi.yaml",
         validator_map=validator_map(),
         strict_validation=False,
-        resolver=resolver,
+        resolver=resolver or operations.resolver(),
     )
     errors.register(app)
     return app

@@ -1,36 +1,91 @@
-"""The gateway's exception tree; each HTTP-facing error knows its status and error type.
+"""The gateway's errors: the exception tree, the status-to-type table and the one builder of
+the ``BifrostError`` body.
 
     GatewayError
-    ├── ClientError                  4xx answered in the BifrostError shape
-    │   ├── BadRequest               400 invalid body, model, key, streaming
-    │   ├── Unauthorized             401 no key while ``auth.required`` is on
-    │   ├── NotFound                 404 unknown, expired, foreign or malformed job id
-    │   ├── MethodNotAllowed         405
-    │   ├── PayloadTooLarge          413 body, upload or file-count limits
-    │   └── UnsupportedMediaType     415
-    └── ServiceUnavailable           503 the database cannot be reached
+    └── ClientError                  4xx answered in the BifrostError shape
+        ├── BadRequest               400 invalid body, model, key, streaming
+        ├── Unauthorized             401 no key while ``auth.required`` is on
+        ├── NotFound                 404 unknown, expired, foreign or malformed job id
+        └── PayloadTooLarge          413 body, upload or file-count limits
 
-The mapping to HTTP responses lives in :mod:`handlers.errors`, in one place.
+Failures of the job database are the store's own exceptions (:mod:`asyncgate.models.database`);
+the mapping of every exception to an HTTP answer lives in :mod:`asyncgate.handlers.errors`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+JOB_NOT_FOUND = "job not found or expired"
+
+ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    431: "request_header_fields_too_large",
+    500: "server_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+"""The ``error.type`` of an error the gateway itself answers with a given HTTP status."""
+
+
+def extra_fields(provider: str, model_requested: str, request_type: str) -> dict[str, str]:
+    """The ``extra_fields`` of an error about one job: its provider, model and kind."""
+    return {"provider": provider, "model_requested": model_requested, "request_type": request_type}
+
+
+def error_body(
+    status_code: int,
+    message: str,
+    *,
+    error_type: str | None = None,
+    code: str | None = None,
+    param: str | None = None,
+    from_upstream: bool = False,
+    extra: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A ``BifrostError`` body; members without a value are left out.
+
+    ``error_type`` defaults to the status's entry in :data:`ERROR_TYPES`; ``from_upstream``
+    marks an error relayed from a provider (``is_bifrost_error: false``).
+    """
+    detail: dict[str, Any] = {"type": error_type or ERROR_TYPES.get(status_code, "server_error")}
+    if code is not None:
+        detail["code"] = code
+    detail["message"] = message
+    if param is not None:
+        detail["param"] = param
+    body: dict[str, Any] = {
+        "is_bifrost_error": not from_upstream,
+        "status_code": status_code,
+        "error": detail,
+    }
+    if extra is not None:
+        body["extra_fields"] = extra
+    return body
+
 
 class GatewayError(Exception):
-    """Base of every error the gateway answers on purpose."""
+    """Base of every error the gateway answers on purpose, with its HTTP status."""
 
     status_code = 500
-    error_type = "server_error"
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
 
+    def body(self) -> dict[str, Any]:
+        return error_body(self.status_code, self.message, param=self.param)
+
 
 class ClientError(GatewayError):
     status_code = 400
-    error_type = "invalid_request_error"
 
 
 class BadRequest(ClientError):
@@ -39,29 +94,11 @@ class BadRequest(ClientError):
 
 class Unauthorized(ClientError):
     status_code = 401
-    error_type = "authentication_error"
 
 
 class NotFound(ClientError):
     status_code = 404
-    error_type = "not_found_error"
-
-
-class MethodNotAllowed(ClientError):
-    status_code = 405
 
 
 class PayloadTooLarge(ClientError):
     status_code = 413
-
-
-class UnsupportedMediaType(ClientError):
-    status_code = 415
-
-
-class ServiceUnavailable(GatewayError):
-    status_code = 503
-    error_type = "service_unavailable"
-
-
-JOB_NOT_FOUND = "job not found or expired"

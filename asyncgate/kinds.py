@@ -1,4 +1,11 @@
-"""The nine kinds of inference job and what each needs to travel from submit to upstream."""
+"""The kinds of inference job: the one table that says what each kind is.
+
+A kind's line names its two operations in the spec, its submit path (poll is that path plus
+``/{job_id}``), the path appended to a provider's base URL, how its body arrives, which files it
+needs, what counts as a streaming request, how its fallbacks are written and what its result
+is. The operations are bound from this table (:mod:`asyncgate.handlers.operations`), the
+database's CHECK constraint lists its values, and a test keeps the three in agreement.
+"""
 
 from __future__ import annotations
 
@@ -18,59 +25,175 @@ class Kind(enum.StrEnum):
     IMAGE_GENERATION = "image_generation"
     IMAGE_EDIT = "image_edit"
     IMAGE_VARIATION = "image_variation"
+    RERANK = "rerank"
+    OCR = "ocr"
+
+
+class Body(enum.Enum):
+    """How a kind's request arrives."""
+
+    JSON = "application/json"
+    MULTIPART = "multipart/form-data"
+
+
+class Fallbacks(enum.Enum):
+    """How a kind's ``fallbacks`` are written by clients."""
+
+    NAMES = "names"
+    """``["provider/model", ...]``"""
+    OBJECTS = "objects"
+    """``[{"provider": ..., "model": ...}, ...]`` (image kinds; names are accepted too)."""
+
+
+class Result(enum.Enum):
+    """What a kind's upstream answers, and so how the result is stored and shown."""
+
+    JSON = "json"
+    """A JSON document, stored and returned as it came."""
+    AUDIO = "audio"
+    """Audio bytes, stored raw and returned as ``{"audio": <base64>, "content_type": ...}``."""
+    TRANSCRIPT = "transcript"
+    """JSON, or plain text / subtitles (``response_format`` text, srt, vtt) as ``{"text": ...}``."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRule:
+    """A body field whose value asks for a stream, which a job cannot give: such a request is
+    refused with 400 and ``message``."""
+
+    field: str
+    values: tuple[object, ...]
+    message: str
+
+
+STREAM = StreamRule(
+    "stream",
+    (True, "true", "True", "1"),
+    "streaming is not supported for async requests; omit stream",
+)
+SPEECH_SSE = StreamRule(
+    "stream_format",
+    ("sse",),
+    "stream_format 'sse' is not supported for async requests; use 'audio'",
+)
 
 
 @dataclass(frozen=True, slots=True)
 class KindInfo:
-    """Routing facts of one kind.
+    """Everything the gateway needs to know about one kind, from the spec to the upstream.
 
-    ``path`` is the gateway's submit path (poll is ``path/{job_id}``); ``upstream_path`` is appended
-    to a provider's base URL; ``multipart`` kinds carry uploaded files; ``binary_result`` kinds
-    answer with raw bytes (audio) instead of JSON; ``object_fallbacks`` kinds take fallbacks as
-    ``{"provider", "model"}`` objects rather than ``"provider/model"`` strings.
+    ``required_files`` lists form fields of which at least one must carry an uploaded file
+    (the spec declares them binary, but a plain text part of the same name passes it; Connexion
+    hands ``image[]`` parts over as ``image``).
     """
 
     kind: Kind
+    submit_operation: str
+    poll_operation: str
     path: str
     upstream_path: str
-    multipart: bool = False
-    binary_result: bool = False
-    object_fallbacks: bool = False
+    body: Body = Body.JSON
+    required_files: tuple[str, ...] = ()
+    streaming: tuple[StreamRule, ...] = (STREAM,)
+    fallbacks: Fallbacks = Fallbacks.NAMES
+    result: Result = Result.JSON
+
+    @property
+    def multipart(self) -> bool:
+        return self.body is Body.MULTIPART
 
 
 KINDS: dict[Kind, KindInfo] = {
     info.kind: info
     for info in (
-        KindInfo(Kind.TEXT_COMPLETION, "/v1/async/completions", "/completions"),
-        KindInfo(Kind.CHAT_COMPLETION, "/v1/async/chat/completions", "/chat/completions"),
-        KindInfo(Kind.RESPONSE, "/v1/async/responses", "/responses"),
-        KindInfo(Kind.EMBEDDING, "/v1/async/embeddings", "/embeddings"),
-        KindInfo(Kind.SPEECH, "/v1/async/audio/speech", "/audio/speech", binary_result=True),
+        KindInfo(
+            Kind.TEXT_COMPLETION,
+            "createAsyncTextCompletion",
+            "getAsyncTextCompletionJob",
+            "/v1/async/completions",
+            "/completions",
+        ),
+        KindInfo(
+            Kind.CHAT_COMPLETION,
+            "createAsyncChatCompletion",
+            "getAsyncChatCompletionJob",
+            "/v1/async/chat/completions",
+            "/chat/completions",
+        ),
+        KindInfo(
+            Kind.RESPONSE,
+            "createAsyncResponse",
+            "getAsyncResponseJob",
+            "/v1/async/responses",
+            "/responses",
+        ),
+        KindInfo(
+            Kind.EMBEDDING,
+            "createAsyncEmbedding",
+            "getAsyncEmbeddingJob",
+            "/v1/async/embeddings",
+            "/embeddings",
+        ),
+        KindInfo(
+            Kind.SPEECH,
+            "createAsyncSpeech",
+            "getAsyncSpeechJob",
+            "/v1/async/audio/speech",
+            "/audio/speech",
+            streaming=(STREAM, SPEECH_SSE),
+            result=Result.AUDIO,
+        ),
         KindInfo(
             Kind.TRANSCRIPTION,
+            "createAsyncTranscription",
+            "getAsyncTranscriptionJob",
             "/v1/async/audio/transcriptions",
             "/audio/transcriptions",
-            multipart=True,
+            body=Body.MULTIPART,
+            required_files=("file",),
+            result=Result.TRANSCRIPT,
         ),
         KindInfo(
             Kind.IMAGE_GENERATION,
+            "createAsyncImageGeneration",
+            "getAsyncImageGenerationJob",
             "/v1/async/images/generations",
             "/images/generations",
-            object_fallbacks=True,
+            fallbacks=Fallbacks.OBJECTS,
         ),
         KindInfo(
             Kind.IMAGE_EDIT,
+            "createAsyncImageEdit",
+            "getAsyncImageEditJob",
             "/v1/async/images/edits",
             "/images/edits",
-            multipart=True,
-            object_fallbacks=True,
+            body=Body.MULTIPART,
+            required_files=("image", "image[]"),
+            fallbacks=Fallbacks.OBJECTS,
         ),
         KindInfo(
             Kind.IMAGE_VARIATION,
+            "createAsyncImageVariation",
+            "getAsyncImageVariationJob",
             "/v1/async/images/variations",
             "/images/variations",
-            multipart=True,
-            object_fallbacks=True,
+            body=Body.MULTIPART,
+            required_files=("image",),
+            fallbacks=Fallbacks.OBJECTS,
+        ),
+        KindInfo(
+            Kind.RERANK,
+            "createAsyncRerank",
+            "getAsyncRerankJob",
+            "/v1/async/rerank",
+            "/rerank",
+        ),
+        KindInfo(
+            Kind.OCR,
+            "createAsyncOcr",
+            "getAsyncOcrJob",
+            "/v1/async/ocr",
+            "/ocr",
         ),
     )
 }

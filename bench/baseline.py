@@ -15,19 +15,19 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncgate.handlers.jobs
 import orjson
 import uvicorn
-from asyncgate.handlers import render
-from asyncgate.models.jobs import JobView
 from connexion import AsyncApp
 from connexion.resolver import Resolver
 from starlette.responses import Response
 
 from asyncgate.app import connexion_app
 from asyncgate.config import LimitsConfig
-from asyncgate.kinds import Kind
+from asyncgate.handlers import render
+from asyncgate.handlers.operations import resolver
+from asyncgate.kinds import KINDS, Kind
 from asyncgate.logs import configure
+from asyncgate.models.jobs import JobView
 from asyncgate.server import run
 from bench.loadgen import chat_request
 
@@ -88,17 +88,13 @@ async def _health() -> Response:
 
 
 def _resolver() -> Resolver:
-    """Maps each operation to a fake of the gateway handler bound to it (same kind, same role)."""
+    """Each operation bound to a fake of the gateway's handler (same kind, same role)."""
     view = completed_job()
-
-    def resolve(operation_id: str) -> Handler:
-        module, _, name = operation_id.rpartition(".")
-        if module == "asyncgate.handlers.health":
-            return _health
-        role, _, kind = getattr(asyncgate.handlers.jobs, name).__name__.partition("_")
-        return _fake_submit(Kind(kind)) if role == "submit" else _fake_poll(view)
-
-    return Resolver(function_resolver=resolve)
+    table: dict[str, Handler] = {"getHealth": _health}
+    for kind, info in KINDS.items():
+        table[info.submit_operation] = _fake_submit(kind)
+        table[info.poll_operation] = _fake_poll(view)
+    return resolver(table)
 
 
 def create_baseline_app() -> AsyncApp:

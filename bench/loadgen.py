@@ -19,12 +19,12 @@ from typing import Any
 import aiohttp
 import orjson
 import psycopg_pool
-from asyncgate.models.committer import group_committer
-from asyncgate.models.database import Database
-from asyncgate.models.jobs import JobStore, NewJob
 from yarl import URL
 
 from asyncgate.kinds import Kind
+from asyncgate.models.committer import group_committer
+from asyncgate.models.database import Database
+from asyncgate.models.jobs import JobStore, NewJob
 
 CHAT_PATH = "/v1/async/chat/completions"
 JSON_HEADERS = {"Content-Type": "application/json"}

@@ -1,4 +1,10 @@
-"""Virtual keys as they arrive: Bearer, Basic (the key is the password), x-bf-vk or x-api-key."""
+"""Virtual keys as they arrive, in every place the reference gateway reads them.
+
+``x-bf-vk`` and the password of HTTP Basic always carry a virtual key. ``Authorization: Bearer``,
+``x-api-key`` and ``x-goog-api-key`` carry one only when the value starts with ``sk-bf-``: any
+other value there is a provider-style key (an SDK's placeholder, say) and is ignored. Several
+places may carry the same key; two different keys in one request are refused.
+"""
 
 from __future__ import annotations
 
@@ -6,44 +12,47 @@ import base64
 import binascii
 from collections.abc import Mapping
 
-from asyncgate.errors import ClientError, Unauthorized
+from asyncgate.errors import BadRequest, ClientError, Unauthorized
+from asyncgate.models.keys import KEY_PREFIX
 from asyncgate.services import Services
 
-KEY_HEADERS = ("x-bf-vk", "x-api-key")
+ALWAYS_KEY_HEADERS = ("x-bf-vk",)
+PREFIXED_KEY_HEADERS = ("x-api-key", "x-goog-api-key")
 
 
-class _Malformed(Exception):
-    pass
+def presented_keys(headers: Mapping[str, str]) -> set[str]:
+    """Every virtual key the request carries (usually none or one).
 
-
-def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key the request carries, if any. A malformed Authorization header yields ``""``."""
+    Raises BadRequest for an ``Authorization: Basic`` header that cannot be decoded.
+    """
+    keys: set[str] = set()
     authorization = headers.get("authorization")
     if authorization:
-        try:
-            return _from_authorization(authorization)
-        except _Malformed:
-            return ""
-    for name in KEY_HEADERS:
+        scheme, _, credentials = authorization.strip().partition(" ")
+        credentials = credentials.strip()
+        if scheme.lower() == "bearer" and credentials.startswith(KEY_PREFIX):
+            keys.add(credentials)
+        elif scheme.lower() == "basic":
+            password = _basic_password(credentials)
+            if password:
+                keys.add(password)
+    for name in ALWAYS_KEY_HEADERS:
         value = headers.get(name)
         if value is not None:
-            return value.strip()
-    return None
+            keys.add(value.strip())
+    for name in PREFIXED_KEY_HEADERS:
+        value = (headers.get(name) or "").strip()
+        if value.startswith(KEY_PREFIX):
+            keys.add(value)
+    return keys
 
 
-def _from_authorization(value: str) -> str:
-    scheme, _, credentials = value.strip().partition(" ")
-    credentials = credentials.strip()
-    if scheme.lower() == "bearer":
-        return credentials
-    if scheme.lower() == "basic":
-        try:
-            decoded = base64.b64decode(credentials, validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError) as exc:
-            raise _Malformed from exc
-        user, _, password = decoded.partition(":")
-        return password or user
-    raise _Malformed
+def _basic_password(credentials: str) -> str:
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise BadRequest("malformed Authorization header", param="Authorization") from None
+    return decoded.partition(":")[2]
 
 
 async def resolve_owner(
@@ -51,15 +60,17 @@ async def resolve_owner(
 ) -> int | None:
     """The id of the request's virtual key; None for an anonymous request.
 
-    Raises ``invalid`` for an unknown, disabled or malformed key, and 401 for a request with no
-    key at all when ``auth.required`` is on.
+    Raises ``invalid`` for an unknown, disabled or empty key, BadRequest for two different
+    keys, and 401 for a request with no key at all when ``auth.required`` is on.
     """
-    key = presented_key(headers)
-    if key is None:
+    keys = presented_keys(headers)
+    if not keys:
         if services.settings.auth.required:
             raise Unauthorized("a virtual key is required (Authorization: Bearer sk-bf-...)")
         return None
-    key_id = await services.keys.lookup(key) if key else None
+    if len(keys) > 1:
+        raise BadRequest("the request carries two different virtual keys; send one")
+    key_id = await services.keys.lookup(keys.pop())
     if key_id is None:
         raise invalid
     return key_id

@@ -9,26 +9,19 @@ from __future__ import annotations
 import json
 import logging
 
-from asyncgate.handlers import render
 from connexion import AsyncApp
 from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from asyncgate.errors import GatewayError, ServiceUnavailable
+from asyncgate.errors import GatewayError, error_body
+from asyncgate.handlers import render
+from asyncgate.models.committer import UnstorableRequest
+from asyncgate.models.database import UNAVAILABLE, DatabaseUnavailable
 
 log = logging.getLogger("asyncgate.http")
 
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "not_found_error",
-    405: "method_not_allowed",
-    413: "request_too_large",
-    415: "unsupported_media_type",
-    503: "service_unavailable",
-}
 _MESSAGES = {
     404: "no such endpoint",
     405: "method not allowed on this endpoint",
@@ -38,31 +31,43 @@ _MESSAGES = {
 def _respond(
     status: int, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
 ) -> ConnexionResponse:
-    response = render.error(
-        status, message, error_type=_TYPES.get(status, "server_error"), param=param, headers=headers
-    )
     return ConnexionResponse(
         status_code=status,
-        body=response.body,
+        body=render.dumps(error_body(status, message, param=param)),
         mimetype=render.JSON,
         content_type=render.JSON,
         headers=dict(headers or {}),
     )
 
 
-def gateway_error(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+def _refused(request: ConnexionRequest, status: int, message: str) -> None:
+    """A client error is the client's business: DEBUG, with the gateway's message only (which
+    names fields, never their values)."""
+    log.debug("refused %s %s: %d %s", request.method, request.url.path, status, message)
+
+
+def gateway_error(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     assert isinstance(exc, GatewayError)
-    headers = {"Retry-After": "1"} if isinstance(exc, ServiceUnavailable) else None
-    return _respond(exc.status_code, exc.message, param=exc.param, headers=headers)
+    _refused(request, exc.status_code, exc.message)
+    return _respond(exc.status_code, exc.message, param=exc.param)
 
 
-def problem(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+def database_unavailable(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    return _respond(503, UNAVAILABLE, headers={"Retry-After": "1"})
+
+
+def unstorable(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    return _respond(400, str(exc))
+
+
+def problem(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     """Connexion's own validation problems (400 bad body or parameter, 415 content type)."""
     assert isinstance(exc, ProblemException)
     status = exc.status or 400
     detail = exc.detail or exc.title or "invalid request"
-    prefix = "invalid request: " if status == 400 else ""
-    return _respond(status, f"{prefix}{detail}")
+    message = f"invalid request: {detail}" if status == 400 else str(detail)
+    _refused(request, status, message)
+    return _respond(status, message)
 
 
 def http_error(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
@@ -80,7 +85,7 @@ def malformed_body(_request: ConnexionRequest, exc: Exception) -> ConnexionRespo
     elif isinstance(exc, RecursionError):
         message = "the request body is nested too deeply"
     else:
-        message = f"malformed request body: {exc}"
+        message = "malformed request body"
     return _respond(400, message)
 
 
@@ -91,6 +96,8 @@ def unexpected(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
 
 def register(app: AsyncApp) -> None:
     app.add_error_handler(GatewayError, gateway_error)
+    app.add_error_handler(DatabaseUnavailable, database_unavailable)
+    app.add_error_handler(UnstorableRequest, unstorable)
     app.add_error_handler(ProblemException, problem)
     app.add_error_handler(HTTPException, http_error)
     for exc_class in (MultiPartException, UnicodeDecodeError, RecursionError, json.JSONDecodeError):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from starlette.responses import Response
+
 from asyncgate.handlers import render
 from asyncgate.handlers.context import services
-from starlette.responses import Response
 
 
 async def getHealth() -> Response:
     if await services().db.ping():
         return render.json_response({"status": "ok", "database": "ok"}, 200)
-    return render.error(503, "the job database is unavailable", error_type="service_unavailable")
+    return render.error(503, "the job database is unavailable")

@@ -1,4 +1,5 @@
-"""Submit and poll for every kind: one generic handler each, bound to the spec's operationIds."""
+"""Submit and poll for every kind: one generic handler each, made per kind from the kinds table
+and bound to the kind's operationIds by :mod:`asyncgate.handlers.operations`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.responses import Response
+
+from asyncgate.errors import JOB_NOT_FOUND, BadRequest, NotFound
 from asyncgate.handlers import render
 from asyncgate.handlers.auth import resolve_owner
 from asyncgate.handlers.context import headers, services
@@ -17,10 +21,7 @@ from asyncgate.handlers.submission import (
     parse_ttl,
     read_files,
 )
-from starlette.responses import Response
-
-from asyncgate.errors import JOB_NOT_FOUND, BadRequest, NotFound
-from asyncgate.kinds import Kind
+from asyncgate.kinds import KINDS, Kind
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -50,7 +51,7 @@ def submit_handler(kind: Kind) -> Handler:
         log.info("job %s kind=%s provider=%s pending", job.id, kind.value, job.provider)
         return render.accepted(kind, job.id, created_at)
 
-    submit.__name__ = f"submit_{kind.value}"
+    submit.__name__ = KINDS[kind].submit_operation
     return submit
 
 
@@ -69,26 +70,5 @@ def poll_handler(kind: Kind) -> Handler:
             raise NotFound(JOB_NOT_FOUND)
         return render.job(view, svc.settings.jobs.retry_after)
 
-    poll.__name__ = f"poll_{kind.value}"
+    poll.__name__ = KINDS[kind].poll_operation
     return poll
-
-
-createAsyncTextCompletion = submit_handler(Kind.TEXT_COMPLETION)
-createAsyncChatCompletion = submit_handler(Kind.CHAT_COMPLETION)
-createAsyncResponse = submit_handler(Kind.RESPONSE)
-createAsyncEmbedding = submit_handler(Kind.EMBEDDING)
-createAsyncSpeech = submit_handler(Kind.SPEECH)
-createAsyncTranscription = submit_handler(Kind.TRANSCRIPTION)
-createAsyncImageGeneration = submit_handler(Kind.IMAGE_GENERATION)
-createAsyncImageEdit = submit_handler(Kind.IMAGE_EDIT)
-createAsyncImageVariation = submit_handler(Kind.IMAGE_VARIATION)
-
-getAsyncTextCompletionJob = poll_handler(Kind.TEXT_COMPLETION)
-getAsyncChatCompletionJob = poll_handler(Kind.CHAT_COMPLETION)
-getAsyncResponseJob = poll_handler(Kind.RESPONSE)
-getAsyncEmbeddingJob = poll_handler(Kind.EMBEDDING)
-getAsyncSpeechJob = poll_handler(Kind.SPEECH)
-getAsyncTranscriptionJob = poll_handler(Kind.TRANSCRIPTION)
-getAsyncImageGenerationJob = poll_handler(Kind.IMAGE_GENERATION)
-getAsyncImageEditJob = poll_handler(Kind.IMAGE_EDIT)
-getAsyncImageVariationJob = poll_handler(Kind.IMAGE_VARIATION)

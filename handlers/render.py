@@ -8,10 +8,12 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from asyncgate.models.jobs import JobView
 from starlette.responses import Response
 
+from asyncgate.errors import error_body
 from asyncgate.kinds import KINDS, Kind
+from asyncgate.models.jobs import JobView
+from asyncgate.status import JobStatus
 
 JSON = "application/json"
 
@@ -21,12 +23,16 @@ def timestamp(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
+def dumps(body: Any) -> bytes:
+    return orjson.dumps(body)
+
+
 def json_response(body: Any, status_code: int, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status_code, headers=headers, media_type=JSON)
 
 
 def accepted(kind: Kind, job_id: uuid.UUID, created_at: datetime) -> Response:
-    body = {"id": str(job_id), "status": "pending", "created_at": timestamp(created_at)}
+    body = {"id": str(job_id), "status": JobStatus.PENDING, "created_at": timestamp(created_at)}
     return json_response(body, 202, {"Location": f"{KINDS[kind].path}/{job_id}"})
 
 
@@ -37,7 +43,7 @@ def job(view: JobView, retry_after: int) -> Response:
         "status": view.status,
         "created_at": timestamp(view.created_at),
     }
-    if view.status in ("pending", "processing"):
+    if not view.status.terminal:
         return json_response(body, 202, {"Retry-After": str(retry_after)})
     if view.completed_at is not None:
         body["completed_at"] = timestamp(view.completed_at)
@@ -61,15 +67,8 @@ def error(
     status_code: int,
     message: str,
     *,
-    error_type: str | None = None,
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    """A BifrostError body."""
-    detail: dict[str, Any] = {"message": message}
-    if error_type:
-        detail["type"] = error_type
-    if param:
-        detail["param"] = param
-    body = {"is_bifrost_error": True, "status_code": status_code, "error": detail}
-    return json_response(body, status_code, headers)
+    """A BifrostError answer (see :func:`asyncgate.errors.error_body`)."""
+    return json_response(error_body(status_code, message, param=param), status_code, headers)

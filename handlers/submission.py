@@ -6,49 +6,37 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from asyncgate.models.jobs import NewFile, NewJob
 from starlette.datastructures import UploadFile
 
 from asyncgate.config import JobsConfig, LimitsConfig
 from asyncgate.errors import BadRequest, PayloadTooLarge
-from asyncgate.kinds import Kind
+from asyncgate.kinds import KINDS, Kind
+from asyncgate.models.jobs import NewFile, NewJob
 from asyncgate.routing import check_models
 
 TTL_HEADER = "x-bf-async-job-result-ttl"
-_TRUE = (True, "true", "True", "1")
-# The spec declares these parts binary, but a plain text part of the same name passes it.
-# Connexion hands ``image[]`` parts over as ``image``.
-_REQUIRED_FILES = {
-    Kind.TRANSCRIPTION: ("file",),
-    Kind.IMAGE_EDIT: ("image", "image[]"),
-    Kind.IMAGE_VARIATION: ("image",),
-}
 
 
 def parse_ttl(raw: str | None, config: JobsConfig) -> int:
-    """Seconds to keep the result: the header's positive integer, clamped to the maximum;
-    anything missing, non-numeric, zero or negative means the default."""
+    """Seconds to keep the result: the header's positive integer, clamped to the maximum.
+
+    Only ASCII digits count; anything else (missing, signed, ``1_000``, zero) means the default.
+    """
     if raw is None:
         return config.default_ttl
-    try:
-        ttl = int(raw.strip())
-    except ValueError:
+    digits = raw.strip(" \t")
+    if not (digits.isascii() and digits.isdigit()):
         return config.default_ttl
-    if ttl <= 0:
-        return config.default_ttl
-    return min(ttl, config.max_ttl)
+    if len(digits) > len(str(config.max_ttl)):
+        return config.max_ttl
+    ttl = int(digits)
+    return min(ttl, config.max_ttl) if ttl > 0 else config.default_ttl
 
 
 def reject_streaming(kind: Kind, body: Mapping[str, Any]) -> None:
-    if body.get("stream") in _TRUE:
-        raise BadRequest(
-            "streaming is not supported for async requests; omit stream", param="stream"
-        )
-    if kind is Kind.SPEECH and body.get("stream_format") == "sse":
-        raise BadRequest(
-            "stream_format 'sse' is not supported for async requests; use 'audio'",
-            param="stream_format",
-        )
+    for rule in KINDS[kind].streaming:
+        if body.get(rule.field) in rule.values:
+            raise BadRequest(rule.message, param=rule.field)
 
 
 async def read_files(uploads: Mapping[str, Any], limits: LimitsConfig) -> list[NewFile]:
@@ -74,6 +62,18 @@ async def close_uploads(uploads: Mapping[str, Any]) -> None:
                 await item.close()
 
 
+def _holds_nul(value: Any) -> bool:
+    """Whether a string anywhere in ``value`` (keys included) holds U+0000, which PostgreSQL's
+    jsonb cannot store."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
+
+
 def build_job(
     kind: Kind,
     body: Any,
@@ -86,8 +86,13 @@ def build_job(
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     reject_streaming(kind, body)
-    required = _REQUIRED_FILES.get(kind)
-    if required is not None and not any(f.field in required for f in files):
+    if _holds_nul(body):
+        raise BadRequest(
+            "the request contains a NUL character (\\u0000), which the job store cannot keep; "
+            "remove it"
+        )
+    required = KINDS[kind].required_files
+    if required and not any(f.field in required for f in files):
         raise BadRequest(f"a file upload named {required[0]!r} is required", param=required[0])
     provider = check_models(body, providers)
     return NewJob(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 from alembic import context
-from asyncgate.models.tables import metadata
 from sqlalchemy import create_engine
+
+from asyncgate.models.tables import metadata
 
 
 def _url() -> str:

@@ -11,10 +11,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import psycopg
+
 from asyncgate.models.batching import Batcher
 from asyncgate.models.jobs import JobStore, NewJob
 
-from asyncgate.errors import BadRequest
+
+class UnstorableRequest(ValueError):
+    """PostgreSQL refused a submission for its data; nothing of it was stored."""
 
 
 def group_committer(
@@ -36,7 +39,7 @@ def group_committer(
         except psycopg.DataError as exc:
             if len(jobs) == 1:
                 reason = exc.diag.message_primary or exc  # None when psycopg refused it itself
-                return [BadRequest(f"the request cannot be stored: {reason}")]
+                return [UnstorableRequest(f"the request cannot be stored: {reason}")]
             return [result for job in jobs for result in await insert([job])]
         if on_commit is not None:
             on_commit()

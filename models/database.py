@@ -1,8 +1,7 @@
 """The connection pool every store shares, and the translation of driver failures.
 
 Connections speak UTC and decode ``jsonb`` with orjson. Any failure to reach PostgreSQL surfaces
-as :class:`asyncgate.errors.ServiceUnavailable` so that callers above ``models`` never see a
-driver exception.
+as :class:`DatabaseUnavailable`, so that callers above ``models`` never see a driver exception.
 """
 
 from __future__ import annotations
@@ -20,11 +19,14 @@ import psycopg
 import psycopg_pool
 from psycopg.types.json import set_json_dumps, set_json_loads
 
-from asyncgate.errors import ServiceUnavailable
-
 log = logging.getLogger("asyncgate.database")
 
 UNAVAILABLE = "the job database is unavailable; retry shortly"
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL cannot be reached or is not answering; the operation did not happen."""
+
 
 # Failures that mean "PostgreSQL is not reachable or not answering", as opposed to a bad query.
 _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
@@ -53,7 +55,7 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
 
 
 class Database:
-    """A psycopg async pool plus a helper that maps outages to ServiceUnavailable.
+    """A psycopg async pool plus a helper that maps outages to DatabaseUnavailable.
 
     A connection that sat idle in the pool for more than ``check_idle_seconds`` is checked
     with a round trip before it is handed out, so the first requests after a database restart
@@ -102,13 +104,13 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
-        """A pooled autocommit connection; outages raise ServiceUnavailable."""
+        """A pooled autocommit connection; outages raise DatabaseUnavailable."""
         try:
             async with self.pool.connection() as conn:
                 yield conn
         except _OUTAGE_ERRORS as exc:
             log.warning("database unavailable: %s", exc.__class__.__name__)
-            raise ServiceUnavailable(UNAVAILABLE) from exc
+            raise DatabaseUnavailable(UNAVAILABLE) from exc
 
     async def read(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Rows of a read-only query, tried once more on another connection when the one it got
@@ -116,7 +118,7 @@ class Database:
         safe to repeat. (No second try when no connection could be had at all.)"""
         try:
             return await self._read(query, params)
-        except ServiceUnavailable as exc:
+        except DatabaseUnavailable as exc:
             if isinstance(exc.__cause__, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests):
                 raise
             return await self._read(query, params)
@@ -132,10 +134,10 @@ class Database:
             async with self.connection() as conn:
                 await conn.execute("SELECT 1")
             return True
-        except ServiceUnavailable:
+        except DatabaseUnavailable:
             return False
 
 
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` (or its cause) means the database could not be reached."""
-    return isinstance(exc, (ServiceUnavailable, *_OUTAGE_ERRORS))
+    return isinstance(exc, (DatabaseUnavailable, *_OUTAGE_ERRORS))

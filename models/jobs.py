@@ -12,16 +12,16 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
-from asyncgate.models.database import Database, dumps
 
+from asyncgate.errors import error_body
 from asyncgate.kinds import Kind
+from asyncgate.models.database import Database, dumps
+from asyncgate.status import JobStatus
 
 NOTIFY_CHANNEL = "asyncgate_jobs"
-
-Status = Literal["pending", "processing", "completed", "failed"]
 
 
 @dataclass(slots=True)
@@ -53,7 +53,7 @@ class JobView:
     """What a poll may show; ``result_json`` is the stored JSON text, passed through unparsed."""
 
     id: uuid.UUID
-    status: Status
+    status: JobStatus
     created_at: datetime
     completed_at: datetime | None
     expires_at: datetime | None
@@ -82,7 +82,8 @@ class Outcome:
     """The terminal state a worker wants to write for a job it holds."""
 
     id: uuid.UUID
-    status: Literal["completed", "failed"]
+    status: JobStatus
+    """``completed`` or ``failed``."""
     status_code: int
     result: Any = None
     result_bytes: bytes | None = None
@@ -90,7 +91,6 @@ class Outcome:
     error: dict[str, Any] | None = None
 
 
-TERMINAL = ("completed", "failed")
 _CACHEABLE_BYTES = 64 * 1024
 
 
@@ -257,7 +257,7 @@ def _finish_params(owner: str, outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "statuses": [o.status for o in outcomes],
         "codes": [o.status_code for o in outcomes],
         "results": [
-            None if o.status == "failed" or o.result_bytes is not None else dumps(o.result)
+            None if o.status is JobStatus.FAILED or o.result_bytes is not None else dumps(o.result)
             for o in outcomes
         ],
         "bytes": [o.result_bytes for o in outcomes],
@@ -267,15 +267,12 @@ def _finish_params(owner: str, outcomes: Sequence[Outcome]) -> dict[str, Any]:
 
 
 def _unstorable(outcome: Outcome, exc: psycopg.DataError) -> Outcome:
-    error = {
-        "is_bifrost_error": True,
-        "status_code": 502,
-        "error": {
-            "type": "upstream_invalid_response",
-            "message": f"the upstream answer cannot be stored: {exc.diag.message_primary}",
-        },
-    }
-    return Outcome(outcome.id, "failed", 502, error=error)
+    error = error_body(
+        502,
+        f"the upstream answer cannot be stored: {exc.diag.message_primary}",
+        error_type="upstream_invalid_response",
+    )
+    return Outcome(outcome.id, JobStatus.FAILED, 502, error=error)
 
 
 @dataclass(slots=True)
@@ -357,8 +354,9 @@ class JobStore:
         rows = await self.db.read(GET_JOB, (job_id, kind.value, key_id))
         if not rows:
             return None
-        view = JobView(*rows[0])
-        if view.status in TERMINAL and _small(view) and self.cache_size > 0:
+        row = rows[0]
+        view = JobView(row[0], JobStatus(row[1]), *row[2:])
+        if view.status.terminal and _small(view) and self.cache_size > 0:
             self._terminal[cache_key] = view
             if len(self._terminal) > self.cache_size:
                 self._terminal.popitem(last=False)

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, TypeVar
 
 import psycopg
+
 from asyncgate.models.database import Database
 
+V = TypeVar("V")
+
 KEY_PREFIX = "sk-bf-"
+KEY_FORM = re.compile(r"sk-bf-[A-Za-z0-9_-]{43}")
+"""Every key this store makes: the prefix and 32 random bytes, URL-safe base64."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +52,25 @@ class DuplicateKeyName(Exception):
 
 
 class KeyStore:
-    """Virtual keys in PostgreSQL, with a short per-process cache of lookups."""
+    """Virtual keys in PostgreSQL, with a short per-process cache of lookups.
 
-    def __init__(self, db: Database, *, cache_seconds: float = 0.0) -> None:
+    Known keys and unknown ones are cached apart, each a bounded LRU: a flood of random keys
+    fills only the miss cache and can never push a valid key out. A value that is not of the
+    form this store issues is refused without a query.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        cache_seconds: float = 0.0,
+        max_hits: int = 10_000,
+        max_misses: int = 1_000,
+    ) -> None:
         self.db = db
         self.cache_seconds = cache_seconds
-        self._cache: dict[bytes, tuple[float, int | None]] = {}
+        self._hits = _Lru[int](max_hits)
+        self._misses = _Lru[None](max_misses)
 
     async def create(self, name: str) -> tuple[int, str]:
         """Make a key named ``name``; returns its id and the key, which is shown only this once."""
@@ -75,17 +96,54 @@ class KeyStore:
             return await cur.fetchone() is not None
 
     async def lookup(self, key: str) -> int | None:
-        """The id of an enabled key, or None for an unknown or disabled one."""
+        """The id of an enabled key, or None for an unknown, disabled or malformed one."""
+        if not KEY_FORM.fullmatch(key):
+            return None
         digest = hash_key(key)
         now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        hit = self._hits.get(digest, now)
+        if hit is not None:
+            return hit
+        if self._misses.contains(digest, now):
+            return None
         rows = await self.db.read(FIND_KEY, (digest,))
         row = rows[0] if rows else None
         key_id = row[0] if row is not None and hmac.compare_digest(bytes(row[1]), digest) else None
         if self.cache_seconds > 0:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (now + self.cache_seconds, key_id)
+            expires = now + self.cache_seconds
+            if key_id is None:
+                self._misses.put(digest, None, expires)
+            else:
+                self._hits.put(digest, key_id, expires)
         return key_id
+
+
+class _Lru(Generic[V]):
+    """At most ``size`` entries, each until its expiry; the least recently used goes first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[bytes, tuple[float, V]] = OrderedDict()
+
+    def _live(self, key: bytes, now: float) -> tuple[float, V] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= now:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def get(self, key: bytes, now: float) -> V | None:
+        entry = self._live(key, now)
+        return None if entry is None else entry[1]
+
+    def contains(self, key: bytes, now: float) -> bool:
+        return self._live(key, now) is not None
+
+    def put(self, key: bytes, value: V, expires: float) -> None:
+        self._entries[key] = (expires, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)

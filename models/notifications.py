@@ -11,6 +11,7 @@ import contextlib
 import logging
 
 import psycopg
+
 from asyncgate.models.jobs import NOTIFY_CHANNEL
 
 log = logging.getLogger("asyncgate.notifications")

@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from asyncgate.kinds import Kind
+from asyncgate.status import JobStatus
 
 metadata = MetaData(
     naming_convention={
@@ -38,9 +39,8 @@ metadata = MetaData(
     }
 )
 
-STATUSES = ("pending", "processing", "completed", "failed")
 _kinds_sql = ", ".join(f"'{k.value}'" for k in Kind)
-_statuses_sql = ", ".join(f"'{s}'" for s in STATUSES)
+_statuses_sql = ", ".join(f"'{s.value}'" for s in JobStatus)
 
 virtual_keys = Table(
     "virtual_keys",

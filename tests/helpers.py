@@ -15,12 +15,12 @@ from typing import Any, TypeVar
 
 import psycopg
 import requests
-from asyncgate.models.database import Database
-from asyncgate.models.jobs import JobStore
-from asyncgate.models.keys import KeyStore
 
 from asyncgate.config import Settings
 from asyncgate.kinds import KINDS, Kind
+from asyncgate.models.database import Database
+from asyncgate.models.jobs import JobStore
+from asyncgate.models.keys import KeyStore
 from tests.conftest import UPSTREAM_KEY, Gateway, make_settings, with_database
 from tests.spec_check import SpecChecker
 from tests.upstream import RecordedRequest, UpstreamThread
@@ -38,6 +38,8 @@ TRANSCRIPTIONS = KINDS[Kind.TRANSCRIPTION].path
 IMAGE_GENERATIONS = KINDS[Kind.IMAGE_GENERATION].path
 IMAGE_EDITS = KINDS[Kind.IMAGE_EDIT].path
 IMAGE_VARIATIONS = KINDS[Kind.IMAGE_VARIATION].path
+RERANK = KINDS[Kind.RERANK].path
+OCR = KINDS[Kind.OCR].path
 
 JOB_NOT_FOUND = "job not found or expired"
 
@@ -141,6 +143,7 @@ KEY_PLACES: dict[str, Callable[[str], dict[str, str]]] = {
     "basic": lambda key: {"Authorization": basic(key)},
     "x-bf-vk": lambda key: {"x-bf-vk": key},
     "x-api-key": lambda key: {"x-api-key": key},
+    "x-goog-api-key": lambda key: {"x-goog-api-key": key},
 }
 
 

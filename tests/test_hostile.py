@@ -208,7 +208,7 @@ HOSTILE = [
         (400,),
     ),
     Hostile("unknown-path", call("GET", "/v1/nothing-here"), (404,)),
-    Hostile("unknown-async-kind", post("/v1/async/rerank", json={"model": "fake/ok"}), (404,)),
+    Hostile("unknown-async-kind", post("/v1/async/video", json={"model": "fake/ok"}), (404,)),
     Hostile("delete-submit-path", call("DELETE", CHAT), (405,)),
     Hostile("get-submit-path", call("GET", CHAT), (405,)),
     Hostile("put-job", call("PUT", f"{CHAT}/00000000-0000-0000-0000-000000000000"), (405,)),
@@ -418,3 +418,39 @@ def test_virtual_key_never_leaks_and_must_match_exactly(
     for request in upstream.requests:
         assert key not in str(request.headers)
         assert request.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+def test_request_content_is_never_logged(procs: Processes, spec_checker: SpecChecker) -> None:
+    """At DEBUG, neither the gateway nor Connexion writes what clients sent: not in accepted
+    jobs, not in refused JSON or multipart bodies, not in headers."""
+    marker = "zebra-marker-" + uuid.uuid4().hex
+    serve = procs.start("serve", procs.config(log_level="DEBUG"))
+    client = Client(serve.url, spec_checker)
+    accepted = client.submit(CHAT, chat(marker))
+    assert accepted.status_code == 202
+    assert client.wait_terminal(CHAT, accepted.json()["id"])["status"] == "completed"
+    refused = [
+        client.submit(CHAT, chat(temperature=marker)),
+        client.submit(CHAT, {"model": marker, "messages": [{"role": "user"}]}),
+        client.submit(CHAT, {"model": "fake/ok", "messages": marker}),
+        client.submit(CHAT, chat(marker + "\u0000")),
+        client.submit(CHAT, chat(), headers={"x-bf-vk": marker}),
+        requests.post(
+            serve.url + "/v1/async/images/edits",
+            data={"model": "fake/ok", "prompt": marker, "n": marker},
+            files={"image": ("a.png", b"\x89PNG", "image/png")},
+            timeout=10,
+        ),
+        requests.post(
+            serve.url + "/v1/async/images/edits",
+            files={"model": (None, "fake/ok"), "prompt": (None, marker)},
+            timeout=10,
+        ),
+    ]
+    for response in refused:
+        body = assert_client_error(response, 400)
+        assert marker not in body["error"]["message"]
+    assert serve.terminate() == 0
+    logs = serve.logs()
+    assert "DEBUG" in logs and "completed status=200" in logs
+    assert marker not in logs

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import secrets
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from asyncgate.models.database import Database
+from asyncgate.models.keys import KeyStore
 from tests.conftest import Gateway
 from tests.helpers import (
     CHAT,
@@ -18,6 +22,7 @@ from tests.helpers import (
     chat,
     create_key,
     disable_key,
+    run,
     submit_ok,
 )
 
@@ -81,16 +86,68 @@ def test_unknown_key_is_refused(gateway: Gateway, sql: Sql) -> None:
     assert sql("SELECT count(*) FROM async_jobs") == [(1,)]
 
 
+def test_malformed_basic_credentials_are_refused(gateway: Gateway) -> None:
+    headers = {"Authorization": "Basic !!!not-base64!!!"}
+    error = assert_error(gateway.submit(CHAT, chat(), headers=headers), 400)
+    assert error["error"]["message"] == "malformed Authorization header"
+
+
 @pytest.mark.parametrize(
-    "authorization",
-    ["Basic !!!not-base64!!!", "Token sk-bf-abc", "Bearer ", "Basic " + "Og=="],
-    ids=["bad-base64", "unknown-scheme", "empty-bearer", "empty-basic"],
+    "headers",
+    [
+        {"Authorization": "Bearer dummy"},
+        {"Authorization": "Bearer sk-proj-provider-key"},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Token sk-bf-abc"},
+        {"x-api-key": "sk-ant-provider-key"},
+        {"x-goog-api-key": "AIzaProviderKey"},
+        {"Authorization": "Basic " + "Og=="},  # ":" - no password
+    ],
+    ids=[
+        "placeholder",
+        "provider-bearer",
+        "empty-bearer",
+        "unknown-scheme",
+        "provider-x-api-key",
+        "provider-goog",
+        "empty-basic",
+    ],
 )
-def test_malformed_authorization_is_refused(gateway: Gateway, authorization: str) -> None:
-    error = assert_error(
-        gateway.submit(CHAT, chat(), headers={"Authorization": authorization}), 400
-    )
-    assert error["error"]["message"] == "invalid virtual key"
+def test_values_that_are_not_virtual_keys_are_anonymous(
+    gateway_factory: Callable[..., Gateway], sql: Sql, headers: dict[str, str]
+) -> None:
+    gateway = gateway_factory()
+    job_id = submit_ok(gateway, CHAT, json=chat(), headers=headers)
+    assert sql("SELECT owner_key_id FROM async_jobs WHERE id = %s", job_id) == [(None,)]
+    assert gateway.wait_terminal(CHAT, job_id)["status"] == "completed"
+    strict = gateway_factory(auth={"required": True})
+    assert_error(strict.submit(CHAT, chat(), headers=headers), 401)
+
+
+def test_a_key_in_basic_user_name_is_not_a_key(
+    gateway: Gateway, database_url: str, sql: Sql
+) -> None:
+    key = create_key(database_url, "frank")
+    as_user = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+    job_id = submit_ok(gateway, CHAT, json=chat(), headers=as_user)
+    assert sql("SELECT owner_key_id FROM async_jobs WHERE id = %s", job_id) == [(None,)]
+
+
+def test_the_same_key_in_several_places_counts_once(gateway: Gateway, database_url: str) -> None:
+    key = create_key(database_url, "gina")
+    headers = {"Authorization": f"Bearer {key}", "x-bf-vk": key, "x-goog-api-key": key}
+    job_id = submit_ok(gateway, CHAT, json=chat(), headers=headers)
+    assert gateway.wait_terminal(CHAT, job_id, headers={"x-api-key": key})["status"] == "completed"
+
+
+def test_two_different_keys_are_refused(gateway: Gateway, database_url: str, sql: Sql) -> None:
+    alice = create_key(database_url, "alice")
+    bob = create_key(database_url, "bob")
+    headers = {"Authorization": f"Bearer {alice}", "x-bf-vk": bob}
+    error = assert_error(gateway.submit(CHAT, chat(), headers=headers), 400)
+    assert "two different virtual keys" in error["error"]["message"]
+    assert alice not in error["error"]["message"] and bob not in error["error"]["message"]
+    assert sql("SELECT count(*) FROM async_jobs") == [(0,)]
 
 
 def test_disabled_key_is_refused(gateway: Gateway, database_url: str) -> None:
@@ -131,6 +188,7 @@ def test_only_the_hash_of_a_key_is_stored(gateway: Gateway, database_url: str, s
         {"Authorization": f"Bearer {key}"},
         {"x-bf-vk": key},
         {"x-api-key": key},
+        {"x-goog-api-key": key},
         KEY_PLACES["basic"](key),
     ):
         job_id = submit_ok(gateway, CHAT, json=chat(), headers=headers)
@@ -157,4 +215,30 @@ def test_only_the_hash_of_a_key_is_stored(gateway: Gateway, database_url: str, s
             secret.encode().hex(),
         )
         assert leaks == [(0,)], f"{table} holds the key"
-    assert sql("SELECT count(*) FROM async_jobs WHERE owner_key_id IS NOT NULL") == [(5,)]
+    assert sql("SELECT count(*) FROM async_jobs WHERE owner_key_id IS NOT NULL") == [(6,)]
+
+
+def test_a_flood_of_unknown_keys_cannot_evict_a_known_one(database_url: str, sql: Sql) -> None:
+    """The miss cache is bounded apart from the hit cache: after thousands of random keys the
+    known key is still answered from the cache (it was disabled meanwhile, so a fresh lookup
+    would refuse it), and a malformed value never reaches the database."""
+    key = create_key(database_url, "hank")
+
+    async def flood() -> tuple[int | None, int | None, int | None]:
+        db = Database(database_url, pool_size=2)
+        await db.open()
+        try:
+            keys = KeyStore(db, cache_seconds=60.0, max_hits=10, max_misses=50)
+            first = await keys.lookup(key)
+            sql("UPDATE virtual_keys SET disabled_at = now() WHERE name = 'hank'")
+            for _ in range(2_000):
+                assert await keys.lookup("sk-bf-" + secrets.token_urlsafe(32)) is None
+            cached = await keys.lookup(key)
+            fresh = await KeyStore(db).lookup(key)
+            return first, cached, fresh
+        finally:
+            await db.close()
+
+    first, cached, fresh = run(flood)
+    assert first is not None and cached == first
+    assert fresh is None

@@ -22,6 +22,8 @@ from tests.helpers import (
     IMAGE_EDITS,
     IMAGE_GENERATIONS,
     IMAGE_VARIATIONS,
+    OCR,
+    RERANK,
     RESPONSES,
     SPEECH,
     TEXT,
@@ -302,6 +304,59 @@ def test_image_variation(flow: Callable[[str], Flow]) -> None:
     assert seen.form == {"model": "ok", "n": "2", "response_format": "b64_json"}
     assert [(f["field"], f["sha256"]) for f in seen.files] == [("image", sha(IMAGE_A))]
     assert len(result["data"]) == 2
+
+
+def test_rerank(flow: Callable[[str], Flow]) -> None:
+    documents = [
+        "the cat sat on the mat",
+        {"text": "asyncgate runs jobs", "id": "doc-2", "meta": {"source": "readme"}},
+        "jobs run in the background",
+    ]
+    result, seen = flow(RERANK).run(
+        json={
+            "model": "fake/rank-1",
+            "query": "background jobs",
+            "documents": documents,
+            "top_n": 2,
+            "return_documents": True,
+            "max_tokens_per_doc": 512,
+            "fallbacks": ["backup/rank-1"],
+            "x_vendor_option": True,
+        }
+    )
+    assert seen.path == "/v1/rerank"
+    assert seen.body["model"] == "rank-1"
+    assert seen.body["documents"] == documents
+    assert seen.body["x_vendor_option"] is True
+    assert [r["index"] for r in result["results"]] == [2, 1]
+    assert result["results"][0]["document"] == {"text": "jobs run in the background"}
+    assert result["results"][0]["relevance_score"] > result["results"][1]["relevance_score"]
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"type": "document_url", "document_url": "https://example.com/report.pdf"},
+        {"type": "image_url", "image_url": "data:image/png;base64," + PNG_B64},
+    ],
+    ids=["document_url", "image_url"],
+)
+def test_ocr(flow: Callable[[str], Flow], document: dict[str, str]) -> None:
+    result, seen = flow(OCR).run(
+        json={
+            "model": "fake/ocr-latest",
+            "document": document,
+            "pages": [0],
+            "include_image_base64": False,
+            "table_format": "markdown",
+        }
+    )
+    assert seen.path == "/v1/ocr"
+    assert seen.body["model"] == "ocr-latest"
+    assert seen.body["document"] == document
+    assert result["pages"][0]["index"] == 0
+    assert document["type"] in result["pages"][0]["markdown"]
+    assert result["usage_info"] == {"pages_processed": 1}
 
 
 def test_unfinished_job_polls_202_with_retry_after(

@@ -11,10 +11,10 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from asyncgate.models import migrate
-from asyncgate.models.tables import metadata
 from sqlalchemy import CheckConstraint, create_engine
 
+from asyncgate.models import migrate
+from asyncgate.models.tables import metadata
 from tests.helpers import new_database
 
 Sql = Callable[..., list[tuple[Any, ...]]]
@@ -192,3 +192,27 @@ def test_files_go_with_their_job(sql: Sql) -> None:
         )
     sql("DELETE FROM async_jobs WHERE id = %s", job_id)
     assert sql("SELECT count(*) FROM async_job_files") == [(0,)]
+
+
+def test_rerank_and_ocr_kinds_migrate_up_and_down(empty_database: str) -> None:
+    insert = (
+        "INSERT INTO async_jobs (id, kind, provider, model, request, ttl_seconds) "
+        "VALUES (gen_random_uuid(), %s, 'p', 'p/m', '{}', 60) RETURNING id"
+    )
+    migrate.upgrade(empty_database, "0001")
+    for kind in ("rerank", "ocr"):
+        with pytest.raises(psycopg.errors.CheckViolation):
+            query(empty_database, insert, kind)
+
+    migrate.upgrade(empty_database, "0002")
+    query(empty_database, insert, "rerank")
+    query(empty_database, insert, "ocr")
+    with pytest.raises(Exception, match="rerank or ocr jobs exist"):
+        migrate.downgrade(empty_database, "0001")
+    assert query(empty_database, "SELECT version_num FROM alembic_version") == [("0002",)]
+
+    query(empty_database, "DELETE FROM async_jobs WHERE kind IN ('rerank', 'ocr') RETURNING id")
+    migrate.downgrade(empty_database, "0001")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        query(empty_database, insert, "ocr")
+    query(empty_database, insert, "chat_completion")

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 import requests
-from asyncgate.models import migrate
 
+from asyncgate.models import migrate
 from tests.conftest import wait_for
 from tests.processes import Client, Processes, job_row
 from tests.spec_check import SpecChecker

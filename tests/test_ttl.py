@@ -7,10 +7,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from asyncgate.config import SweeperConfig
 from asyncgate.models.jobs import JobStore
 from asyncgate.worker.sweeper import Sweeper
-
-from asyncgate.config import SweeperConfig
 from tests.conftest import Gateway, wait_for
 from tests.helpers import (
     CHAT,

@@ -279,6 +279,8 @@ class FakeUpstream:
             ("images/generations", self._generate, False),
             ("images/edits", self._edit, True),
             ("images/variations", self._edit, True),
+            ("rerank", self._rerank, False),
+            ("ocr", self._ocr, False),
         ):
             app.router.add_post(f"/v1/{path}", self._endpoint(build, multipart))
         app.router.add_get("/_upstream/stats", self._stats)
@@ -554,6 +556,48 @@ class FakeUpstream:
         payload = self._images(record.form.get("n"))
         payload["received"] = {"files": record.files, "fields": record.form}
         return payload
+
+    def _rerank(self, record: RecordedRequest) -> Payload:
+        """Scores by shared words with the query, so the order is predictable."""
+        query = record.body.get("query")
+        documents = record.body.get("documents")
+        if not isinstance(query, str) or not isinstance(documents, list) or not documents:
+            raise UpstreamError("'query' and a non-empty 'documents' are required", "documents")
+        wanted = set(query.lower().split())
+        texts = [d.get("text", "") if isinstance(d, dict) else str(d) for d in documents]
+        scores = [len(wanted & set(t.lower().split())) / (1 + len(wanted)) for t in texts]
+        order = sorted(range(len(texts)), key=lambda i: (-scores[i], i))
+        top_n = _count(record.body.get("top_n"), default=len(texts), limit=len(texts))
+        results = []
+        for i in order[:top_n]:
+            result: dict[str, Any] = {"index": i, "relevance_score": round(scores[i], 4)}
+            if record.body.get("return_documents"):
+                result["document"] = {"text": texts[i]}
+            results.append(result)
+        return {
+            "id": self._new_id("rerank"),
+            "results": results,
+            "model": record.model,
+            "usage": {"search_units": 1},
+        }
+
+    def _ocr(self, record: RecordedRequest) -> Payload:
+        document = record.body.get("document")
+        if not isinstance(document, dict) or document.get("type") not in (
+            "document_url",
+            "image_url",
+        ):
+            raise UpstreamError("'document' must be a document_url or image_url", "document")
+        url = str(document.get(document["type"], ""))
+        pages = [
+            {
+                "index": 0,
+                "markdown": f"# Page read from a {document['type']} of {len(url)} characters",
+                "images": [],
+                "dimensions": {"dpi": 200, "height": 2200, "width": 1700},
+            }
+        ]
+        return {"model": record.model, "pages": pages, "usage_info": {"pages_processed": 1}}
 
 
 def _setting(name: str) -> Any:

@@ -13,12 +13,13 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from asyncgate.models.jobs import ClaimedJob, JobStore, NewFile, Outcome
-from asyncgate.worker.upstream import Upstream, UpstreamError, UpstreamReply, upstream_body
-
 from asyncgate.config import ProviderConfig, WorkerConfig
+from asyncgate.errors import error_body, extra_fields
 from asyncgate.kinds import KINDS
+from asyncgate.models.jobs import ClaimedJob, JobStore, NewFile, Outcome
 from asyncgate.routing import candidate_models, split_model
+from asyncgate.status import JobStatus
+from asyncgate.worker.upstream import Upstream, UpstreamError, UpstreamReply, upstream_body
 
 log = logging.getLogger("asyncgate.worker")
 
@@ -35,33 +36,28 @@ def backoff_delay(try_number: int, config: WorkerConfig, retry_after: float | No
 def failure_outcome(job: ClaimedJob, exc: UpstreamError, model: str) -> Outcome:
     """The failed-job record of an upstream error, in the BifrostError shape."""
     provider = split_model(model)
-    error: dict[str, Any] = {
-        "is_bifrost_error": not exc.from_upstream,
-        "status_code": exc.status_code,
-        "error": {"type": exc.error_type, "message": exc.message},
-        "extra_fields": {
-            "provider": provider[0] if provider else job.provider,
-            "model_requested": job.model,
-            "request_type": job.kind.value,
-        },
-    }
-    if exc.code is not None:
-        error["error"]["code"] = exc.code
-    if exc.param is not None:
-        error["error"]["param"] = exc.param
-    return Outcome(job.id, "failed", exc.status_code, error=error)
+    error = error_body(
+        exc.status_code,
+        exc.message,
+        error_type=exc.error_type,
+        code=exc.code,
+        param=exc.param,
+        from_upstream=exc.from_upstream,
+        extra=extra_fields(provider[0] if provider else job.provider, job.model, job.kind.value),
+    )
+    return Outcome(job.id, JobStatus.FAILED, exc.status_code, error=error)
 
 
 def success_outcome(job: ClaimedJob, reply: UpstreamReply) -> Outcome:
     if reply.body is not None:
         return Outcome(
             job.id,
-            "completed",
+            JobStatus.COMPLETED,
             reply.status_code,
             result_bytes=reply.body,
             result_content_type=reply.content_type,
         )
-    return Outcome(job.id, "completed", reply.status_code, result=reply.result)
+    return Outcome(job.id, JobStatus.COMPLETED, reply.status_code, result=reply.result)
 
 
 class Executor:

@@ -19,32 +19,26 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from asyncgate.config import WorkerConfig
+from asyncgate.errors import error_body
 from asyncgate.models.batching import Batcher
 from asyncgate.models.database import is_outage
 from asyncgate.models.jobs import ClaimedJob, JobStore, Outcome, Transition
 from asyncgate.models.notifications import JobNotifications
 from asyncgate.worker.execute import Executor
 
-from asyncgate.config import WorkerConfig
-
 log = logging.getLogger("asyncgate.worker")
 
-EXHAUSTED_ERROR = {
-    "is_bifrost_error": True,
-    "status_code": 502,
-    "error": {
-        "type": "attempts_exhausted",
-        "message": "the job's worker stopped before finishing, and it has used all its attempts",
-    },
-}
-STALE_ERROR = {
-    "is_bifrost_error": True,
-    "status_code": 504,
-    "error": {
-        "type": "pending_deadline_exceeded",
-        "message": "the job waited too long for a worker and was not run",
-    },
-}
+EXHAUSTED_ERROR = error_body(
+    502,
+    "the job's worker stopped before finishing, and it has used all its attempts",
+    error_type="attempts_exhausted",
+)
+STALE_ERROR = error_body(
+    504,
+    "the job waited too long for a worker and was not run",
+    error_type="pending_deadline_exceeded",
+)
 
 
 def worker_id() -> str:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from asyncgate.config import SweeperConfig
 from asyncgate.models.database import is_outage
 from asyncgate.models.jobs import JobStore
-
-from asyncgate.config import SweeperConfig
 
 log = logging.getLogger("asyncgate.sweeper")
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import aiohttp
 import orjson
-from asyncgate.models.jobs import NewFile
 
 from asyncgate.config import ProviderConfig
-from asyncgate.kinds import KINDS, Kind
+from asyncgate.kinds import KINDS, Kind, Result
+from asyncgate.models.jobs import NewFile
 
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 GATEWAY_ONLY_FIELDS = ("fallbacks", "stream")
@@ -149,7 +149,8 @@ class Upstream:
         content_type = response.content_type
         if status >= 400:
             raise _status_error(status, raw, response.headers.get("Retry-After"))
-        if KINDS[kind].binary_result and not content_type.endswith("json"):
+        result = KINDS[kind].result
+        if result is Result.AUDIO and not content_type.endswith("json"):
             if not (
                 content_type.startswith("audio/") or content_type == "application/octet-stream"
             ):
@@ -159,7 +160,7 @@ class Upstream:
                     error_type="upstream_invalid_response",
                 )
             return UpstreamReply(status, body=raw, content_type=content_type)
-        if kind is Kind.TRANSCRIPTION and content_type in TEXT_TRANSCRIPT_TYPES:
+        if result is Result.TRANSCRIPT and content_type in TEXT_TRANSCRIPT_TYPES:
             return UpstreamReply(status, result={"text": raw.decode("utf-8", "replace")})
         if not content_type.endswith("json"):
             raise UpstreamError(

@@ -4,6 +4,8 @@
   compiled schema validator is built once instead of on every request.
 - The TTL header is left to the handler: the contract says a bad value means "use the default",
   not "reject the request".
+- A body that fails its schema is a 400 whose message names the field and what it must be
+  (:mod:`asyncgate.handlers.problems`); nothing the client sent is echoed or logged.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from connexion.validators import (
     MultiPartFormDataValidator,
     ParameterValidator,
 )
+from jsonschema import ValidationError
 from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartParser
 from starlette.types import Scope
 
+from asyncgate.errors import BadRequest
+from asyncgate.handlers.problems import describe
 from asyncgate.handlers.submission import TTL_HEADER
 
 
@@ -48,6 +53,12 @@ def cached_json_validator() -> type[JSONRequestBodyValidator]:
                 entry = (self._schema, super()._validator)
                 cache[id(self._schema)] = entry
             return entry[1]
+
+        def _validate(self, body: Any) -> Any:
+            if not self._nullable and body is None:
+                raise BadRequest("the request body must not be empty")
+            _check(self._validator, body)
+            return body
 
         async def _parse(self, stream: AsyncGenerator[bytes, None], scope: Scope) -> Any:
             body = b"".join([chunk async for chunk in stream])
@@ -77,6 +88,21 @@ class ClosingMultiPartValidator(MultiPartFormDataValidator):
     @property
     def _form_parser_cls(self) -> type[MultiPartParser]:
         return _ClosingMultiPartParser
+
+    def _validate(self, body: Any) -> Any:
+        if not isinstance(body, dict):
+            raise BadRequest("the form could not be read as fields")
+        _check(self._validator, body)
+        return body
+
+
+def _check(validator: Any, body: Any) -> None:
+    """Raise a 400 naming the first field that breaks the schema."""
+    try:
+        validator.validate(body)
+    except ValidationError as error:
+        message, param = describe(error)
+        raise BadRequest(f"invalid request: {message}", param=param) from None
 
 
 def validator_map() -> dict[str, Any]:

@@ -1,0 +1,41 @@
+"""Every ``operationId`` of the spec bound to its handler, from one table.
+
+Job operations come from the kinds table (each kind's submit and poll operation); the rest are
+listed here. Connexion asks :func:`resolver` for each operation when the app is built, so an
+operation the table does not know stops the app at start-up instead of answering 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from connexion.resolver import Resolver
+
+from asyncgate.handlers.health import getHealth
+from asyncgate.handlers.jobs import poll_handler, submit_handler
+from asyncgate.kinds import KINDS
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+def operations() -> dict[str, Handler]:
+    """operationId -> handler for the whole spec."""
+    table: dict[str, Handler] = {"getHealth": getHealth}
+    for kind, info in KINDS.items():
+        table[info.submit_operation] = submit_handler(kind)
+        table[info.poll_operation] = poll_handler(kind)
+    return table
+
+
+def resolver(table: Mapping[str, Handler] | None = None) -> Resolver:
+    """A Connexion resolver over ``table`` (by default :func:`operations`)."""
+    bound = dict(operations() if table is None else table)
+
+    def resolve(operation_id: str) -> Handler:
+        try:
+            return bound[operation_id]
+        except KeyError:
+            raise LookupError(f"operationId {operation_id!r} has no handler") from None
+
+    return Resolver(function_resolver=resolve)
