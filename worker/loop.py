@@ -214,7 +214,8 @@ class Worker:
             except Exception as exc:
                 if not is_outage(exc):
                     raise
-                log.warning("job %s result kept in memory; database unavailable", job.id)
+                if delay == 0.1:
+                    log.warning("job %s result kept in memory; database unavailable", job.id)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         duration_ms = (time.monotonic() - started) * 1000
