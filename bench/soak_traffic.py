@@ -5,6 +5,7 @@ and connection errors), and the schedule of worker kills and the PostgreSQL rest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sys
 import time
@@ -67,32 +68,46 @@ class Submissions:
     gave_up: int = 0
     sent: int = 0
     accepted_at: list[float] = field(default_factory=list)
+    accepted_latency: list[tuple[float, float]] = field(default_factory=list)
+    """(when answered, seconds taken) of every 202."""
+    unavailable_latency: list[float] = field(default_factory=list)
+    """Seconds taken by every 503."""
 
 
 async def submit_one(
     session: aiohttp.ClientSession, api: str, spec: JobSpec, subs: Submissions
 ) -> None:
-    """POST until 202; a 503 or a connection error is retried, anything else is a rejection."""
+    """POST until 202; a 503 is retried after its ``Retry-After``, a connection error after a
+    quarter of a second; anything else is a rejection."""
     deadline = time.monotonic() + SUBMIT_GIVE_UP_SECONDS
     while True:
+        pause = 0.25
         try:
+            sent = time.monotonic()
             async with session.post(f"{api}/v1/async/{spec.path}", json=spec.body) as response:
                 raw = await response.read()
+                now = time.monotonic()
                 if response.status == 202:
                     subs.accepted[orjson.loads(raw)["id"]] = spec
-                    subs.accepted_at.append(time.monotonic())
+                    subs.accepted_at.append(now)
+                    subs.accepted_latency.append((now, now - sent))
                     return
                 if response.status != 503:
                     message = raw[:200].decode("utf-8", "replace")
                     subs.rejected[f"{response.status} {message}"] += 1
                     return
+                if "Retry-After" not in response.headers:
+                    subs.rejected["503 without Retry-After"] += 1
+                else:  # as a well-behaved client does, spread a little to avoid a stampede
+                    pause = float(response.headers["Retry-After"]) * random.uniform(1.0, 1.25)
+                subs.unavailable_latency.append(now - sent)
                 subs.retried_503 += 1
         except (aiohttp.ClientError, TimeoutError) as exc:
             subs.retried_errors[exc.__class__.__name__] += 1
         if time.monotonic() > deadline:
             subs.gave_up += 1
             return
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(pause)
 
 
 async def submit_all(api: str, jobs: int, rate: float, seed: int, subs: Submissions) -> None:
@@ -132,7 +147,30 @@ class Chaos:
     kills: list[dict[str, Any]] = field(default_factory=list)
     db_restarts: int = 0
     db_down_seconds: float = 0.0
+    db_down_at: float | None = None
     db_back_at: float | None = None
+
+
+@dataclass
+class HealthProbe:
+    """``GET /health`` every ``interval`` seconds: (when answered, status or 0, seconds)."""
+
+    samples: list[tuple[float, int, float]] = field(default_factory=list)
+
+
+async def probe_health(api: str, probe: HealthProbe, stop: asyncio.Event, interval: float) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        while not stop.is_set():
+            sent = time.monotonic()
+            try:
+                async with session.get(f"{api}/health") as response:
+                    await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError):
+                status = 0
+            probe.samples.append((time.monotonic(), status, time.monotonic() - sent))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
 
 def chaos_plan(rng: random.Random, window: float) -> tuple[list[float], float]:
@@ -169,6 +207,7 @@ async def run_chaos(
         print(f"soak: {elapsed:6.1f}s stopping PostgreSQL", file=sys.stderr)
         down = time.monotonic()
         await asyncio.to_thread(pg.stop_server)
+        chaos.db_down_at = time.monotonic()
         await asyncio.sleep(db_down)
         await asyncio.to_thread(pg.start_server)
         chaos.db_back_at = time.monotonic()
