@@ -64,9 +64,9 @@ from bench.soak_setup import (
 from bench.soak_sockets import HostileClients, raise_file_limit
 from bench.soak_traffic import (
     Chaos,
-    HealthProbe,
+    Probe,
     Submissions,
-    probe_health,
+    probe,
     run_chaos,
     submit_all,
     supervise,
@@ -124,7 +124,7 @@ async def drive(
     await wait_ready(api, fleet)
     subs = Submissions()
     chaos = Chaos()
-    health = HealthProbe()
+    probes = Probe()
     stop = asyncio.Event()
     hostile = HostileClients("127.0.0.1", int(api.rsplit(":", 1)[1]))
     hostile.start(args.silent_sockets, args.slowloris)
@@ -133,7 +133,7 @@ async def drive(
     helpers = [
         asyncio.create_task(supervise(fleet, stop)),
         asyncio.create_task(progress(db_url, subs, chaos, started, stop)),
-        asyncio.create_task(probe_health(api, health, stop, 0.1)),
+        asyncio.create_task(probe(api, probes, subs, stop, 0.1)),
     ]
     chaos_task = asyncio.create_task(
         run_chaos(
@@ -183,7 +183,7 @@ async def drive(
             "first_202_after_db_back_seconds": (
                 None if first_after is None or back is None else round(first_after - back, 2)
             ),
-            "outage": outage_figures(subs, health, chaos),
+            "outage": outage_figures(subs, probes, chaos),
             "hostile_connections": hostile.figures(),
             "file_limit": args.file_limit,
             "unplanned_exits": [vars(u) for u in fleet.unplanned],
@@ -214,13 +214,24 @@ def _ms(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
 
 
-def outage_figures(subs: Submissions, health: HealthProbe, chaos: Chaos) -> dict[str, Any]:
+def _probed(
+    samples: list[tuple[float, int, float]], down: float, back: float, ok: int
+) -> dict[str, Any]:
+    during = [(status, took) for t, status, took in samples if down <= t <= back]
+    after = [t - took for t, status, took in samples if t - took > back and status == ok]
+    return {
+        "n_while_down": len(during),
+        "statuses_while_down": dict(Counter(str(status) for status, _ in during)),
+        "max_ms_while_down": _ms([took for _, took in during], 1.0),
+        f"first_{ok}_sent_after_back_seconds": round(after[0] - back, 2) if after else None,
+    }
+
+
+def outage_figures(subs: Submissions, probes: Probe, chaos: Chaos) -> dict[str, Any]:
     """How fast the gateway said 503 while PostgreSQL was down, and how fast it recovered."""
     down, back = chaos.db_down_at, chaos.db_back_at
     if down is None or back is None:
         return {}
-    during = [(t, status, took) for t, status, took in health.samples if down <= t <= back]
-    after_200 = [t for t, status, _ in health.samples if t > back and status == 200]
     before = [took for t, took in subs.accepted_latency if t < down - 1]
 
     def window(start: float, end: float) -> dict[str, Any]:
@@ -234,14 +245,8 @@ def outage_figures(subs: Submissions, health: HealthProbe, chaos: Chaos) -> dict
             "p99_ms": _ms(subs.unavailable_latency, 0.99),
             "max_ms": _ms(subs.unavailable_latency, 1.0),
         },
-        "health_during": {
-            "n": len(during),
-            "statuses": dict(Counter(str(status) for _, status, _ in during)),
-            "max_ms": _ms([took for _, _, took in during], 1.0),
-        },
-        "first_health_200_after_back_seconds": (
-            round(after_200[0] - back, 2) if after_200 else None
-        ),
+        "health_probe": _probed(probes.health, down, back, 200),
+        "submit_probe": _probed(probes.submit, down, back, 202),
         "submit_before": {
             "n": len(before),
             "p50_ms": _ms(before, 0.5),
@@ -251,8 +256,16 @@ def outage_figures(subs: Submissions, health: HealthProbe, chaos: Chaos) -> dict
             "0-1s": window(0, 1),
             "1-2s": window(1, 2),
             "2-5s": window(2, 5),
+            "5-10s": window(5, 10),
         },
     }
+
+
+def _sockets(c: dict[str, Any]) -> str:
+    return (
+        f"opened {c['opened']} (at most {c['peak_open']} at once), closed by the server "
+        f"{c['closed_by_server']}, failed to open {c['open_failures']} {c['errors'] or ''}"
+    )
 
 
 def summary(f: dict[str, Any]) -> str:
@@ -293,13 +306,13 @@ def summary(f: dict[str, Any]) -> str:
         "  worker log events       "
         + ", ".join(f"{k} {v}" for k, v in sorted(f["worker_log_events"].items())),
         f"  outage                  503s {o.get('submit_503')}",
-        f"                          /health while down {o.get('health_during')}",
-        "                          first /health 200 "
-        f"{o.get('first_health_200_after_back_seconds')} s after it was back; "
-        f"submits before {o.get('submit_before')}",
+        f"                          probe /health {o.get('health_probe')}",
+        f"                          probe submit {o.get('submit_probe')}",
+        f"                          submits before {o.get('submit_before')}",
         f"                          after {o.get('submit_after_back')}",
-        f"  hostile connections     silent {h['silent']}",
-        f"                          slowloris {h['slowloris']} (file limit {f['file_limit']})",
+        f"  hostile connections     silent {_sockets(h['silent'])}",
+        f"                          slowloris {_sockets(h['slowloris'])} "
+        f"(open-file limit {f['file_limit']})",
         f"  errors in gateway logs  {sum(f['errors_in_logs'].values()):>7}",
     ]
     lines += [f"      {n:>5}  {text}" for text, n in list(f["errors_in_logs"].items())[:10]]

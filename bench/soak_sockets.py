@@ -36,6 +36,8 @@ class SocketCounts:
     open_failures: int = 0
     closed_by_server: int = 0
     open_now: int = 0
+    peak_open: int = 0
+    """Most of them open at once."""
     errors: dict[str, int] = field(default_factory=dict)
 
     def failed(self, exc: BaseException) -> None:
@@ -63,6 +65,7 @@ async def _silent(host: str, port: int, counts: SocketCounts, gate: asyncio.Sema
         if pair is not None:
             reader, writer = pair
             counts.open_now += 1
+            counts.peak_open = max(counts.peak_open, counts.open_now)
             try:
                 # Whatever arrives (EOF, an error page, a reset) means the server let go.
                 with contextlib.suppress(OSError):
@@ -80,6 +83,7 @@ async def _slowloris(host: str, port: int, counts: SocketCounts, gate: asyncio.S
         if pair is not None:
             reader, writer = pair
             counts.open_now += 1
+            counts.peak_open = max(counts.peak_open, counts.open_now)
             closed = asyncio.create_task(reader.read(1))
             try:
                 writer.write(b"POST /v1/async/chat/completions HTTP/1.1\r\nHost: soak\r\n")

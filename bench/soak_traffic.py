@@ -98,8 +98,8 @@ async def submit_one(
                     return
                 if "Retry-After" not in response.headers:
                     subs.rejected["503 without Retry-After"] += 1
-                else:  # as a well-behaved client does, spread a little to avoid a stampede
-                    pause = float(response.headers["Retry-After"]) * random.uniform(1.0, 1.25)
+                else:  # as well-behaved clients do, spread out rather than all at once
+                    pause = float(response.headers["Retry-After"]) * random.uniform(1.0, 2.0)
                 subs.unavailable_latency.append(now - sent)
                 subs.retried_503 += 1
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -111,11 +111,14 @@ async def submit_one(
 
 
 async def submit_all(api: str, jobs: int, rate: float, seed: int, subs: Submissions) -> None:
-    """Start one submission every ``1/rate`` seconds (fewer when ``MAX_IN_FLIGHT`` are open)."""
+    """Start one submission every ``1/rate`` seconds (fewer when ``MAX_IN_FLIGHT`` are open,
+    without catching up afterwards)."""
     rng = random.Random(seed)
     slots = asyncio.Semaphore(MAX_IN_FLIGHT)
     timeout = aiohttp.ClientTimeout(total=30)
-    connector = aiohttp.TCPConnector(limit=200)
+    # One connection per submission in flight: time spent waiting for a client-side connection
+    # would be counted as the gateway's latency.
+    connector = aiohttp.TCPConnector(limit=MAX_IN_FLIGHT)
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(spec: JobSpec) -> None:
@@ -125,12 +128,15 @@ async def submit_all(api: str, jobs: int, rate: float, seed: int, subs: Submissi
             slots.release()
 
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        start = time.monotonic()
+        next_at = time.monotonic()
         for i in range(jobs):
-            delay = start + i / rate - time.monotonic()
+            delay = next_at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             await slots.acquire()
+            # After a stall (every slot taken during an outage) go on at the steady rate rather
+            # than catching up in a burst.
+            next_at = max(next_at + 1 / rate, time.monotonic())
             task = asyncio.create_task(one(job_mix(rng, i)))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -152,23 +158,47 @@ class Chaos:
 
 
 @dataclass
-class HealthProbe:
-    """``GET /health`` every ``interval`` seconds: (when answered, status or 0, seconds)."""
+class Probe:
+    """One request every ``interval`` seconds on its own connection, apart from the traffic:
+    (when answered, status or 0, seconds taken) for ``GET /health`` and for a submit."""
 
-    samples: list[tuple[float, int, float]] = field(default_factory=list)
+    health: list[tuple[float, int, float]] = field(default_factory=list)
+    submit: list[tuple[float, int, float]] = field(default_factory=list)
 
 
-async def probe_health(api: str, probe: HealthProbe, stop: asyncio.Event, interval: float) -> None:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+PROBE_JOB = JobSpec(
+    "chat/completions", {"model": "fake/ok", "messages": [{"role": "user", "content": "probe"}]}
+)
+
+
+async def _timed(
+    session: aiohttp.ClientSession, method: str, url: str, body: Any = None
+) -> tuple[int, bytes, float]:
+    sent = time.monotonic()
+    try:
+        async with session.request(method, url, json=body) as response:
+            return response.status, await response.read(), time.monotonic() - sent
+    except (aiohttp.ClientError, TimeoutError):
+        return 0, b"", time.monotonic() - sent
+
+
+async def probe(
+    api: str, found: Probe, subs: Submissions, stop: asyncio.Event, interval: float
+) -> None:
+    """Probe until ``stop``; accepted probe jobs join ``subs`` and are checked like the rest."""
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as health,
+        aiohttp.ClientSession(timeout=timeout) as submits,
+    ):
         while not stop.is_set():
-            sent = time.monotonic()
-            try:
-                async with session.get(f"{api}/health") as response:
-                    await response.read()
-                    status = response.status
-            except (aiohttp.ClientError, TimeoutError):
-                status = 0
-            probe.samples.append((time.monotonic(), status, time.monotonic() - sent))
+            status, _, took = await _timed(health, "GET", f"{api}/health")
+            found.health.append((time.monotonic(), status, took))
+            url = f"{api}/v1/async/{PROBE_JOB.path}"
+            status, raw, took = await _timed(submits, "POST", url, PROBE_JOB.body)
+            found.submit.append((time.monotonic(), status, took))
+            if status == 202:
+                subs.accepted[orjson.loads(raw)["id"]] = PROBE_JOB
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
