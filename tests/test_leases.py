@@ -113,3 +113,17 @@ def test_a_requeued_job_that_waited_too_long_fails_without_an_owner(
 
     assert with_store(database_url, scenario) == [job_id]
     assert row(sql, job_id)[:2] == ("failed", None)
+
+
+def test_a_claim_of_a_job_its_owner_still_runs_is_not_counted(database_url: str, sql: Sql) -> None:
+    job_id = lapsed(database_url, "worker-a")
+
+    async def scenario(store: JobStore) -> None:
+        await store.requeue_expired(3, EXHAUSTED_ERROR)
+        [claimed] = await store.claim("worker-a", 10, 30.0)
+        assert claimed.attempts == 2
+        await store.uncount_claims("worker-a", [claimed.id])
+        await store.uncount_claims("worker-b", [claimed.id])  # not b's: nothing changes
+
+    with_store(database_url, scenario)
+    assert row(sql, job_id) == ("processing", "worker-a", True, 1, None)

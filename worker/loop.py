@@ -207,6 +207,7 @@ class Worker:
         """Write the terminal state, retrying through a database outage while the lease may hold."""
         started = self.running[job.id].started if job.id in self.running else time.monotonic()
         delay = 0.1
+        kept = False
         while True:
             try:
                 written = await self._finisher.submit(outcome)
@@ -214,8 +215,9 @@ class Worker:
             except Exception as exc:
                 if not is_outage(exc):
                     raise
-                if delay == 0.1:
+                if not kept:
                     log.warning("job %s result kept in memory; database unavailable", job.id)
+                    kept = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         duration_ms = (time.monotonic() - started) * 1000
