@@ -71,16 +71,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(settings.log_level)
 
     from asyncgate.models import migrate
+    from asyncgate.models.database import DatabaseUnreachable, wait_until_reachable
 
     with database(settings) as url:
-        if args.command == "migrate":
-            if args.downgrade:
-                migrate.downgrade(url, args.downgrade)
-            else:
-                migrate.upgrade(url, args.revision)
-            print("migrations applied")
-            return 0
-        migrate.upgrade(url)
+        try:
+            wait_until_reachable(
+                url,
+                timeout=settings.database.startup_timeout_seconds,
+                connect_timeout=settings.database.connect_timeout,
+            )
+            if args.command == "migrate":
+                if args.downgrade:
+                    migrate.downgrade(url, args.downgrade)
+                else:
+                    migrate.upgrade(url, args.revision)
+                print("migrations applied")
+                return 0
+            migrate.upgrade(url)
+        except DatabaseUnreachable as exc:
+            print(f"asyncgate: {exc}", file=sys.stderr)
+            return 1
         if args.command == "keys":
             return asyncio.run(_keys(settings, url, args))
 

@@ -69,6 +69,8 @@ class DatabaseConfig:
     data_dir: str = ".asyncgate/pgdata"
     pool_size: int = 10
     connect_timeout: float = 5.0
+    startup_timeout_seconds: float = 60.0
+    """How long a starting process waits for PostgreSQL before it exits with an error."""
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,13 @@ def _check(settings: Settings) -> None:
     for name in ("concurrency", "claim_batch", "max_attempts", "retry_tries"):
         if getattr(w, name) < 1:
             problems.append(f"worker.{name} must be at least 1")
+    d = settings.database
+    if d.pool_size < 1:
+        problems.append("database.pool_size must be at least 1")
+    if d.connect_timeout <= 0:
+        problems.append("database.connect_timeout must be positive")
+    if not 0 <= d.startup_timeout_seconds <= 86400:
+        problems.append("database.startup_timeout_seconds must be between 0 and 86400")
     if settings.jobs.default_ttl < 1 or settings.jobs.max_ttl < 1:
         problems.append("jobs.default_ttl and jobs.max_ttl must be positive")
     if settings.jobs.default_ttl > settings.jobs.max_ttl:

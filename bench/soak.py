@@ -5,14 +5,17 @@
 It starts its own embedded PostgreSQL, the loopback upstream (as a subprocess, with random 500s,
 429s, timeouts longer than the provider timeout, and dropped connections), one ``asyncgate api``
 and two ``asyncgate worker`` processes. It submits jobs at a steady rate, SIGKILLs a random
-worker every 8-15 s (and starts a new one), stops PostgreSQL once for a few seconds, then waits
-until every accepted job is terminal and checks that none was lost and none ended twice.
+worker every 8-15 s (and starts a new one), stops PostgreSQL once for twice the lease, keeps
+1,000 silent sockets and a slowloris client against the API, then waits until every accepted
+job is terminal and checks that none was lost, stuck or ended twice.
 
 A job counts as a double when it has more than one terminal line across all worker logs, when its
 logged terminal state differs from the stored one, or when its stored row mixes the two states
-(a result and an error). The exit status is 1 when any accepted job is lost or doubled, 2 when
-the setup fails, 130 when interrupted. Everything it starts is stopped
-on the way out, Ctrl-C and SIGTERM included.
+(a result and an error). A job the upstream answered successfully twice is a double execution:
+the price of a crash when one of its workers was killed, a defect otherwise. The exit status is
+1 when any accepted job is lost, stuck, doubled or executed twice without a crash, 2 when the
+setup fails, 130 when interrupted. Everything it starts is stopped on the way out, Ctrl-C and
+SIGTERM included.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -57,7 +61,16 @@ from bench.soak_setup import (
     UpstreamProcess,
     write_config,
 )
-from bench.soak_traffic import Chaos, Submissions, run_chaos, submit_all, supervise
+from bench.soak_sockets import HostileClients, raise_file_limit
+from bench.soak_traffic import (
+    Chaos,
+    Probe,
+    Submissions,
+    probe,
+    run_chaos,
+    submit_all,
+    supervise,
+)
 from tests import launch
 from tests.launch import ROOT
 
@@ -111,12 +124,16 @@ async def drive(
     await wait_ready(api, fleet)
     subs = Submissions()
     chaos = Chaos()
+    probes = Probe()
     stop = asyncio.Event()
+    hostile = HostileClients("127.0.0.1", int(api.rsplit(":", 1)[1]))
+    hostile.start(args.silent_sockets, args.slowloris)
     started = time.monotonic()
     window = max(args.jobs / args.rate, 25.0)
     helpers = [
         asyncio.create_task(supervise(fleet, stop)),
         asyncio.create_task(progress(db_url, subs, chaos, started, stop)),
+        asyncio.create_task(probe(api, probes, subs, stop, 0.1)),
     ]
     chaos_task = asyncio.create_task(
         run_chaos(
@@ -134,9 +151,13 @@ async def drive(
         stop.set()
         chaos_task.cancel()
         await asyncio.gather(chaos_task, *helpers, return_exceptions=True)
-    executions, outcomes = await upstream_executions(upstream)
+        await hostile.stop()
+    executions, successes, outcomes = await upstream_executions(upstream)
     polled = await poll_sample(api, db_url, subs, args.seed)
-    figures = check(db_url, subs, read_worker_logs(fleet.worker_logs()), executions)
+    killed = {k["worker"] for k in chaos.kills}
+    figures = check(
+        db_url, subs, read_worker_logs(fleet.worker_logs()), executions, successes, killed
+    )
     errors = read_errors(fleet.logs())
     back = chaos.db_back_at
     first_after = min((t for t in subs.accepted_at if back is not None and t > back), default=None)
@@ -162,6 +183,9 @@ async def drive(
             "first_202_after_db_back_seconds": (
                 None if first_after is None or back is None else round(first_after - back, 2)
             ),
+            "outage": outage_figures(subs, probes, chaos),
+            "hostile_connections": hostile.figures(),
+            "file_limit": args.file_limit,
             "unplanned_exits": [vars(u) for u in fleet.unplanned],
             "duration_seconds": {
                 "submit": round(submitted - started, 1),
@@ -183,8 +207,70 @@ async def drive(
     return figures
 
 
+def _ms(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+
+
+def _probed(
+    samples: list[tuple[float, int, float]], down: float, back: float, ok: int
+) -> dict[str, Any]:
+    during = [(status, took) for t, status, took in samples if down <= t <= back]
+    after = [t - took for t, status, took in samples if t - took > back and status == ok]
+    return {
+        "n_while_down": len(during),
+        "statuses_while_down": dict(Counter(str(status) for status, _ in during)),
+        "max_ms_while_down": _ms([took for _, took in during], 1.0),
+        f"first_{ok}_sent_after_back_seconds": round(after[0] - back, 2) if after else None,
+    }
+
+
+def outage_figures(subs: Submissions, probes: Probe, chaos: Chaos) -> dict[str, Any]:
+    """How fast the gateway said 503 while PostgreSQL was down, and how fast it recovered."""
+    down, back = chaos.db_down_at, chaos.db_back_at
+    if down is None or back is None:
+        return {}
+    before = [took for t, took in subs.accepted_latency if t < down - 1]
+
+    def window(start: float, end: float) -> dict[str, Any]:
+        took = [x for t, x in subs.accepted_latency if back + start <= t < back + end]
+        return {"n": len(took), "p50_ms": _ms(took, 0.5), "p99_ms": _ms(took, 0.99)}
+
+    return {
+        "submit_503": {
+            "n": len(subs.unavailable_latency),
+            "p50_ms": _ms(subs.unavailable_latency, 0.5),
+            "p99_ms": _ms(subs.unavailable_latency, 0.99),
+            "max_ms": _ms(subs.unavailable_latency, 1.0),
+        },
+        "health_probe": _probed(probes.health, down, back, 200),
+        "submit_probe": _probed(probes.submit, down, back, 202),
+        "submit_before": {
+            "n": len(before),
+            "p50_ms": _ms(before, 0.5),
+            "p99_ms": _ms(before, 0.99),
+        },
+        "submit_after_back": {
+            "0-1s": window(0, 1),
+            "1-2s": window(1, 2),
+            "2-5s": window(2, 5),
+            "5-10s": window(5, 10),
+        },
+    }
+
+
+def _sockets(c: dict[str, Any]) -> str:
+    return (
+        f"opened {c['opened']} (at most {c['peak_open']} at once), closed by the server "
+        f"{c['closed_by_server']}, failed to open {c['open_failures']} {c['errors'] or ''}"
+    )
+
+
 def summary(f: dict[str, Any]) -> str:
     s, e, d = f["submit"], f["executions"], f["duration_seconds"]
+    x, o, h = f["double_successes"], f["outage"], f["hostile_connections"]
     lines = [
         f"soak: {f['jobs_requested']} jobs at {f['rate_per_second']:g}/s, seed {f['seed']}, "
         f"{WORKERS} workers, upstream faults {FAULTS}",
@@ -199,13 +285,18 @@ def summary(f: dict[str, Any]) -> str:
         for g in f["failed_by_error"]
     ]
     lines += [
-        f"  lost                    {f['lost']:>7}",
+        f"  lost                    {f['lost']:>7}   stuck (not terminal) {f['stuck']}",
         f"  doubles                 {f['doubles']:>7}   (several terminal log lines "
         f"{f['doubles_in_logs']}, log/DB disagreements {f['log_db_disagreements']}, "
         f"inconsistent rows {f['inconsistent_rows']})",
         f"  upstream executions/job  max {e['max']}, mean {e['mean']:.2f}, histogram "
         + " ".join(f"{k}:{v}" for k, v in e["histogram"].items()),
         f"  over the bound          {e['violations']:>7}   ({e['bound']})",
+        f"  double executions       {x['jobs']:>7}   (two successful upstream calls: "
+        f"{x['after_crash']} after a worker was killed, {x['defects']} without a crash)",
+    ]
+    lines += [f"      {n:>5}  {why}" for why, n in x["reasons"].items()]
+    lines += [
         "  attempts/job            "
         + " ".join(f"{k}:{v}" for k, v in f["attempts_histogram"].items()),
         f"  worker kills {f['worker_kills']}, DB restarts {f['db_restarts']} "
@@ -214,6 +305,14 @@ def summary(f: dict[str, Any]) -> str:
         f"unplanned exits {len(f['unplanned_exits'])}",
         "  worker log events       "
         + ", ".join(f"{k} {v}" for k, v in sorted(f["worker_log_events"].items())),
+        f"  outage                  503s {o.get('submit_503')}",
+        f"                          probe /health {o.get('health_probe')}",
+        f"                          probe submit {o.get('submit_probe')}",
+        f"                          submits before {o.get('submit_before')}",
+        f"                          after {o.get('submit_after_back')}",
+        f"  hostile connections     silent {_sockets(h['silent'])}",
+        f"                          slowloris {_sockets(h['slowloris'])} "
+        f"(open-file limit {f['file_limit']})",
         f"  errors in gateway logs  {sum(f['errors_in_logs'].values()):>7}",
     ]
     lines += [f"      {n:>5}  {text}" for text, n in list(f["errors_in_logs"].items())[:10]]
@@ -224,9 +323,20 @@ def summary(f: dict[str, Any]) -> str:
         f"mismatches {f['poll_sample']['mismatches']}",
         f"  duration                submit {d['submit']}s, drain {d['drain']}s, "
         f"total {d['total']}s{'' if f['drained'] else ' (gave up waiting)'}",
-        f"  result: {'PASS' if f['lost'] == 0 and f['doubles'] == 0 else 'FAIL'}",
+        f"  result: {'PASS' if passed(f) else 'FAIL'}",
     ]
     return "\n".join(lines)
+
+
+def passed(f: dict[str, Any]) -> bool:
+    """Nothing lost, stuck, doubled, nor paid for twice without a crash."""
+    return (
+        f["lost"] == 0
+        and f["stuck"] == 0
+        and f["doubles"] == 0
+        and f["double_successes"]["defects"] == 0
+        and f["drained"]
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -237,7 +347,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
     parser.add_argument("--rate", type=float, default=150.0, help="submissions per second")
-    parser.add_argument("--db-down", type=float, default=3.0, help="seconds PostgreSQL is down")
+    parser.add_argument(
+        "--db-down",
+        type=float,
+        default=2 * LEASE_SECONDS,
+        help="seconds PostgreSQL is down (default: twice the lease)",
+    )
+    parser.add_argument("--silent-sockets", type=int, default=1000)
+    parser.add_argument("--slowloris", type=int, default=50, help="slowloris connections")
     parser.add_argument(
         "--max-wait", type=float, default=300.0, help="seconds to wait for every job to finish"
     )
@@ -252,6 +369,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # The hostile sockets, the clients and the API's own connections need more than 1,024
+    # descriptors; the children started below inherit the raised limit.
+    before, args.file_limit = raise_file_limit(16384)
+    if args.file_limit < args.silent_sockets + args.slowloris + 1024:
+        print(f"soak: open-file limit {args.file_limit} (was {before}) is low", file=sys.stderr)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in background
     signal.signal(signal.SIGTERM, _interrupt)
     workdir = Path(tempfile.mkdtemp(prefix="asyncgate-soak-"))
@@ -298,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(figures, indent=2, default=str) + "\n")
     print(summary(figures))
     print(f"soak: figures written to {args.out}")
-    return 0 if figures["lost"] == 0 and figures["doubles"] == 0 else 1
+    return 0 if passed(figures) else 1
 
 
 if __name__ == "__main__":

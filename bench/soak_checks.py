@@ -26,6 +26,10 @@ from tests import launch
 TERMINAL = ("completed", "failed")
 
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+LOG_CLAIMED = re.compile(rf"job ({_UUID}) kind=\S+ provider=\S+ processing attempt=\d+")
+LOG_LEASE_TROUBLE = re.compile(
+    rf"job ({_UUID}) .*(lease expired|lease lost|result dropped|claimed again while still running)"
+)
 LOG_FINISHED = re.compile(rf"job ({_UUID}) kind=\S+ provider=\S+ (completed|failed) status=\d+")
 LOG_REAPED = re.compile(
     rf"job ({_UUID}) kind=\S+ provider=\S+ failed: (attempts exhausted|waited too long)"
@@ -81,15 +85,25 @@ async def wait_terminal(url: str, ids: list[uuid.UUID], max_wait: float) -> bool
 class LogFacts:
     terminal: dict[str, list[str]]
     events: Counter[str]
+    claims: dict[str, list[str]]
+    """Job id -> the workers (log names) that claimed it, one entry per claim."""
+    lease_trouble: dict[str, list[str]]
+    """Job id -> lease events logged for it (expired, lost, result dropped...)."""
 
 
 def read_worker_logs(paths: Iterable[Path]) -> LogFacts:
     """Terminal lines per job id across every worker log, plus counts of lease events."""
     terminal: dict[str, list[str]] = defaultdict(list)
+    claims: dict[str, list[str]] = defaultdict(list)
+    trouble: dict[str, list[str]] = defaultdict(list)
     events: Counter[str] = Counter()
     for path in paths:
         with open(path, errors="replace") as handle:
             for line in handle:
+                if match := LOG_CLAIMED.search(line):
+                    claims[match.group(1)].append(path.stem)
+                elif match := LOG_LEASE_TROUBLE.search(line):
+                    trouble[match.group(1)].append(f"{path.stem}: {match.group(2)}")
                 if match := LOG_FINISHED.search(line):
                     terminal[match.group(1)].append(match.group(2))
                 elif match := LOG_REAPED.search(line):
@@ -97,7 +111,7 @@ def read_worker_logs(paths: Iterable[Path]) -> LogFacts:
                 for name, pattern in LOG_EVENTS.items():
                     if pattern.search(line):
                         events[name] += 1
-    return LogFacts(dict(terminal), events)
+    return LogFacts(dict(terminal), events, dict(claims), dict(trouble))
 
 
 def read_errors(paths: Iterable[Path]) -> Counter[str]:
@@ -124,11 +138,59 @@ def row_problems(status: str, has_result: bool, has_error: bool, done: bool, lea
     return ""
 
 
+def double_successes(
+    accepted: Iterable[str], successes: dict[str, int], logs: LogFacts, killed: set[str]
+) -> dict[str, Any]:
+    """Jobs the upstream answered successfully more than once, and why.
+
+    When one of the job's workers was SIGKILLed, the second call is the price of that crash
+    (the worker died after the upstream answered and before the result was stored). Otherwise
+    it is a defect, explained by the job's lease events, or, with a single claim, by a retry
+    within one execution after an answer that arrived too late.
+    """
+    after_crash: dict[str, list[str]] = {}
+    defects: dict[str, dict[str, Any]] = {}
+    reasons: Counter[str] = Counter()
+    for job_id in accepted:
+        if successes.get(job_id, 0) < 2:
+            continue
+        claimants = logs.claims.get(job_id, [])
+        dead = [w for w in claimants if w in killed]
+        if dead:
+            after_crash[job_id] = claimants
+            reasons[f"worker killed (SIGKILL) holding it: {len(claimants)} claims"] += 1
+            continue
+        trouble = logs.lease_trouble.get(job_id, [])
+        if trouble:
+            why = "lease events: " + ", ".join(sorted({t.split(": ", 1)[1] for t in trouble}))
+        elif len(claimants) <= 1:
+            why = "one execution retried after an answer that came too late"
+        else:
+            why = f"claimed {len(claimants)} times with no lease event logged"
+        reasons[why] += 1
+        defects[job_id] = {
+            "successes": successes[job_id],
+            "claims": claimants,
+            "lease_events": trouble,
+            "why": why,
+        }
+    return {
+        "jobs": len(after_crash) + len(defects),
+        "after_crash": len(after_crash),
+        "defects": len(defects),
+        "reasons": dict(reasons.most_common()),
+        "defect_examples": dict(list(defects.items())[:20]),
+        "after_crash_examples": dict(list(after_crash.items())[:5]),
+    }
+
+
 def check(
     url: str,
     subs: Submissions,
     logs: LogFacts,
     executions: dict[str, int],
+    successes: dict[str, int],
+    killed: set[str],
 ) -> dict[str, Any]:
     rows = query(
         url,
@@ -138,7 +200,8 @@ def check(
     )
     by_id = {row[0]: row for row in rows}
     accepted = subs.accepted
-    lost = [i for i in accepted if i not in by_id or by_id[i][1] not in TERMINAL]
+    lost = [i for i in accepted if i not in by_id]
+    stuck = [i for i in accepted if i in by_id and by_id[i][1] not in TERMINAL]
     statuses = Counter(by_id[i][1] for i in accepted if i in by_id)
     failures: Counter[tuple[int, str, str]] = Counter()
     inconsistent: dict[str, str] = {}
@@ -182,6 +245,9 @@ def check(
         ],
         "lost": len(lost),
         "lost_ids": lost[:50],
+        "stuck": len(stuck),
+        "stuck_ids": stuck[:50],
+        "double_successes": double_successes(accepted, successes, logs, killed),
         "doubles": len(doubles),
         "doubles_in_logs": len(log_doubles),
         "log_db_disagreements": len(disagreements),
@@ -227,10 +293,13 @@ async def poll_sample(api: str, url: str, subs: Submissions, seed: int) -> dict[
     return {"polled": len(ids), "mismatches": len(mismatches), "examples": mismatches[:10]}
 
 
-async def upstream_executions(upstream_url: str) -> tuple[dict[str, int], dict[str, int]]:
+async def upstream_executions(
+    upstream_url: str,
+) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """Requests per job, successful answers per job, and outcome counts, from the upstream."""
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
         session.get(f"{upstream_url}/_upstream/stats") as response,
     ):
         stats = orjson.loads(await response.read())
-    return stats["executions"], stats["outcomes"]
+    return stats["executions"], stats["successes"], stats["outcomes"]

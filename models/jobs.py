@@ -3,6 +3,11 @@
 Each state change is one guarded statement: a worker can only move a job it holds
 (``status = 'processing' AND lease_owner = me``), so a worker that lost its lease cannot
 overwrite the result of the job's new owner, and no job reaches two terminal states.
+
+A lapsed lease sends the job back to ``pending`` but keeps its owner's name in ``lease_owner``
+(with no lease): until another worker claims it, that owner, if it is alive after all (say,
+cut off from the database for longer than its lease), may still renew it or write the result
+it holds, instead of the job paying for a second upstream call.
 """
 
 from __future__ import annotations
@@ -154,15 +159,24 @@ WHERE j.id = c.id
 RETURNING j.id, j.kind, j.provider, j.model, j.request, j.attempts, j.created_at
 """
 
-# Heartbeat: extend the leases this worker still holds; ids missing from the answer were lost.
+# Heartbeat: extend the leases this worker still holds, taking back its requeued jobs that
+# nobody claimed meanwhile; ids missing from the answer were lost to another worker.
 RENEW = """
 UPDATE async_jobs
-SET lease_expires_at = now() + make_interval(secs => %(lease)s)
-WHERE id = ANY(%(ids)s) AND status = 'processing' AND lease_owner = %(owner)s
+SET status = 'processing', lease_expires_at = now() + make_interval(secs => %(lease)s)
+WHERE id = ANY(%(ids)s) AND status IN ('processing', 'pending') AND lease_owner = %(owner)s
 RETURNING id
 """
 
-# Terminal write for a batch of jobs, guarded by state and lease owner.
+# A claim took back a job this worker is still running (requeued while it was cut off): the
+# running execution goes on under the new lease, and the claim is not counted as an attempt.
+UNCOUNT_CLAIM = """
+UPDATE async_jobs SET attempts = greatest(attempts - 1, 0)
+WHERE id = ANY(%(ids)s) AND status = 'processing' AND lease_owner = %(owner)s
+"""
+
+# Terminal write for a batch of jobs, guarded by state and lease owner (a requeued job nobody
+# has claimed since still names its last owner, who may write the result it holds).
 FINISH = """
 UPDATE async_jobs j
 SET status = o.status, status_code = o.status_code, result = o.result::jsonb,
@@ -177,7 +191,7 @@ SET status = o.status, status_code = o.status_code, result = o.result::jsonb,
 FROM unnest(%(ids)s::uuid[], %(statuses)s::text[], %(codes)s::smallint[], %(results)s::text[],
             %(bytes)s::bytea[], %(types)s::text[], %(errors)s::text[])
     AS o(id, status, status_code, result, result_bytes, content_type, error)
-WHERE j.id = o.id AND j.status = 'processing' AND j.lease_owner = %(owner)s
+WHERE j.id = o.id AND j.status IN ('processing', 'pending') AND j.lease_owner = %(owner)s
 RETURNING j.id
 """
 
@@ -186,14 +200,15 @@ RELEASE = """
 UPDATE async_jobs
 SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
     attempts = greatest(attempts - 1, 0)
-WHERE id = ANY(%(ids)s) AND status = 'processing' AND lease_owner = %(owner)s
+WHERE id = ANY(%(ids)s) AND status IN ('processing', 'pending') AND lease_owner = %(owner)s
 RETURNING id
 """
 
-# A dead worker's jobs: lease lapsed and attempts left, so they run again.
+# A dead (or cut off) worker's jobs: lease lapsed and attempts left, so they run again. The
+# owner stays named: if it is alive, it may still renew or finish the job until it is claimed.
 REQUEUE_EXPIRED = """
 UPDATE async_jobs
-SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
+SET status = 'pending', lease_expires_at = NULL
 WHERE id IN (
     SELECT id FROM async_jobs
     WHERE status = 'processing' AND lease_expires_at < now() AND attempts < %(max_attempts)s
@@ -207,7 +222,9 @@ _JOB_ERROR = """%(error)s::jsonb || jsonb_build_object(
         'extra_fields', jsonb_build_object(
             'provider', provider, 'model_requested', model, 'request_type', kind))"""
 
-# A dead worker's jobs that used up their attempts fail instead of looping forever.
+# A dead worker's jobs that used up their attempts fail instead of looping forever; only once
+# the lease has been lapsed for another grace period, so that an owner that is alive and merely
+# renewing late (after a database outage) keeps its job.
 FAIL_EXHAUSTED = f"""
 UPDATE async_jobs
 SET status = 'failed', status_code = 502, error = {_JOB_ERROR},
@@ -215,7 +232,8 @@ SET status = 'failed', status_code = 502, error = {_JOB_ERROR},
     lease_owner = NULL, lease_expires_at = NULL
 WHERE id IN (
     SELECT id FROM async_jobs
-    WHERE status = 'processing' AND lease_expires_at < now() AND attempts >= %(max_attempts)s
+    WHERE status = 'processing' AND attempts >= %(max_attempts)s
+      AND lease_expires_at < now() - make_interval(secs => %(grace)s)
     LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 )
 RETURNING id, kind, provider, attempts
@@ -225,7 +243,8 @@ RETURNING id, kind, provider, attempts
 FAIL_STALE_PENDING = f"""
 UPDATE async_jobs
 SET status = 'failed', status_code = 504, error = {_JOB_ERROR},
-    completed_at = now(), expires_at = now() + make_interval(secs => ttl_seconds)
+    completed_at = now(), expires_at = now() + make_interval(secs => ttl_seconds),
+    lease_owner = NULL
 WHERE id IN (
     SELECT id FROM async_jobs
     WHERE status = 'pending' AND created_at < now() - make_interval(secs => %(max_pending)s)
@@ -395,6 +414,11 @@ class JobStore:
             )
             return {row[0] for row in await cur.fetchall()}
 
+    async def uncount_claims(self, owner: str, ids: Iterable[uuid.UUID]) -> None:
+        """Undo the attempt counted by claims of jobs ``owner`` was already running."""
+        async with self.db.connection() as conn:
+            await conn.execute(UNCOUNT_CLAIM, {"owner": owner, "ids": list(ids)})
+
     async def finish(self, owner: str, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
         """Write terminal states; returns the ids written (the others were no longer held).
 
@@ -420,10 +444,21 @@ class JobStore:
             return released
 
     async def requeue_expired(
-        self, max_attempts: int, error: dict[str, Any], limit: int = 1000
+        self,
+        max_attempts: int,
+        error: dict[str, Any],
+        limit: int = 1000,
+        *,
+        grace_seconds: float = 0.0,
     ) -> tuple[list[Transition], list[Transition]]:
-        """Return lapsed leases to pending, or fail them when out of attempts."""
-        params = {"max_attempts": max_attempts, "limit": limit, "error": dumps(error)}
+        """Return lapsed leases to pending, or fail them when out of attempts and lapsed for
+        more than ``grace_seconds``."""
+        params = {
+            "max_attempts": max_attempts,
+            "limit": limit,
+            "error": dumps(error),
+            "grace": grace_seconds,
+        }
         async with self.db.connection() as conn, conn.transaction():
             requeued = await (await conn.execute(REQUEUE_EXPIRED, params)).fetchall()
             failed = await (await conn.execute(FAIL_EXHAUSTED, params)).fetchall()

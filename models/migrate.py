@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import psycopg
+import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
+from asyncgate.models.database import DatabaseUnreachable, first_line
 from asyncgate.resources import migrations_dir
 
 _LOCK_ID = 0x61737967  # "asyg": one lock for every asyncgate process on the database
@@ -30,6 +32,17 @@ def downgrade(url: str, revision: str) -> None:
 
 
 def _run(url: str, action: Callable[[Config], None]) -> None:
+    """Run ``action`` under the advisory lock; a lost database is :class:`DatabaseUnreachable`."""
+    try:
+        _run_locked(url, action)
+    except (psycopg.OperationalError, sqlalchemy.exc.OperationalError) as exc:
+        reason = first_line(getattr(exc, "orig", None) or exc)
+        raise DatabaseUnreachable(
+            f"the database became unreachable during the migration: {reason}"
+        ) from exc
+
+
+def _run_locked(url: str, action: Callable[[Config], None]) -> None:
     # A creator accepts any libpq connection string, URL or key=value form alike.
     engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(url))
     try:

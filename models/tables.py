@@ -42,6 +42,11 @@ metadata = MetaData(
 _kinds_sql = ", ".join(f"'{k.value}'" for k in Kind)
 _statuses_sql = ", ".join(f"'{s.value}'" for s in JobStatus)
 
+LEASE_OWNER_COMMENT = (
+    "Worker holding the job while it is processing; on a pending job, the worker whose lease "
+    "lapsed, which may still renew it or write its result until another worker claims it."
+)
+
 virtual_keys = Table(
     "virtual_keys",
     metadata,
@@ -118,7 +123,7 @@ async_jobs = Table(
         server_default=text("0"),
         comment="Executions started (claims); a handed-back job does not count.",
     ),
-    Column("lease_owner", Text, comment="Worker holding the job while it is processing."),
+    Column("lease_owner", Text, comment=LEASE_OWNER_COMMENT),
     Column(
         "lease_expires_at",
         DateTime(timezone=True),
@@ -156,6 +161,7 @@ async_jobs = Table(
         name="completed_has_result",
     ),
     CheckConstraint("status <> 'failed' OR error IS NOT NULL", name="failed_has_error"),
+    CheckConstraint("status <> 'pending' OR lease_expires_at IS NULL", name="pending_has_no_lease"),
     Index(
         "async_jobs_pending_idx",
         "created_at",

@@ -46,6 +46,7 @@ def test_defaults_without_file_or_environment() -> None:
     assert settings.database.url is None
     assert settings.providers == {}
     assert settings.jobs.default_ttl == 3600
+    assert settings.database.startup_timeout_seconds == 60.0
 
 
 def test_file_then_environment(tmp_path: Path) -> None:
@@ -149,6 +150,10 @@ def test_secrets_never_show(tmp_path: Path) -> None:
         ("[worker]\nmax_attempts = 0\n", {}, "worker.max_attempts"),
         ("[jobs]\ndefault_ttl = 700\nmax_ttl = 600\n", {}, "jobs.default_ttl"),
         ("[jobs]\ndefault_ttl = 0\n", {}, "jobs.default_ttl"),
+        ("[database]\nstartup_timeout_seconds = -1\n", {}, "database.startup_timeout_seconds"),
+        ("", {"ASYNCGATE_DATABASE_STARTUP_TIMEOUT_SECONDS": "soon"}, "startup_timeout_seconds"),
+        ("[database]\nconnect_timeout = 0\n", {}, "database.connect_timeout"),
+        ("[database]\npool_size = 0\n", {}, "database.pool_size"),
         ("[worker\nconcurrency = 1\n", {}, "cannot read config file"),
     ],
 )

@@ -119,7 +119,7 @@ def test_live_worker_keeps_its_lease_on_a_job_longer_than_the_lease(
     done = client.wait_terminal(CHAT, job_id, timeout=20)
 
     assert done["status"] == "completed", done
-    assert upstream.executions[job_id] == 1
+    assert upstream.executions[job_id] == upstream.successes[job_id] == 1
     assert job_row(database_url, job_id)["attempts"] == 1
     for worker in workers:
         assert "lease" not in worker.logs()

@@ -69,6 +69,34 @@ def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
     assert query(empty_database, "SELECT count(*) FROM virtual_keys") == [(1,)]
 
 
+def test_0003_keeps_a_requeued_jobs_owner_and_forbids_a_pending_lease(
+    empty_database: str,
+) -> None:
+    insert = (
+        "INSERT INTO async_jobs (id, kind, provider, model, request, ttl_seconds, lease_owner, "
+        "lease_expires_at) VALUES (gen_random_uuid(), 'embedding', 'p', 'p/m', '{}', 60, %s, %s)"
+    )
+    migrate.upgrade(empty_database, "0002")
+    query(empty_database, insert + " RETURNING id", "old-worker", None)
+    query(empty_database, insert + " RETURNING id", None, "2026-01-01T00:00:00Z")
+
+    migrate.upgrade(empty_database)
+    # A pending job keeps the name of its last owner, and loses any lease it still had.
+    assert query(empty_database, "SELECT lease_owner, lease_expires_at FROM async_jobs") in (
+        [("old-worker", None), (None, None)],
+        [(None, None), ("old-worker", None)],
+    )
+    query(empty_database, insert + " RETURNING id", "requeued-owner", None)
+    with pytest.raises(psycopg.errors.CheckViolation):
+        query(empty_database, insert, "w", "2026-01-01T00:00:00Z")
+
+    migrate.downgrade(empty_database, "0002")
+    assert query(
+        empty_database, "SELECT count(*) FROM async_jobs WHERE lease_owner IS NOT NULL"
+    ) == [(0,)]
+    query(empty_database, insert + " RETURNING id", None, "2026-01-01T00:00:00Z")
+
+
 def test_concurrent_upgrades_are_serialised(empty_database: str) -> None:
     errors: list[BaseException] = []
 
@@ -164,6 +192,9 @@ BAD_ROWS = {
     "'p', 'p/m', '{}', 60, now(), now())",
     "negative-attempts": "INSERT INTO async_jobs (id, kind, provider, model, request, "
     "ttl_seconds, attempts) VALUES (gen_random_uuid(), 'speech', 'p', 'p/m', '{}', 60, -1)",
+    "pending-with-lease": "INSERT INTO async_jobs (id, kind, provider, model, request, "
+    "ttl_seconds, lease_owner, lease_expires_at) VALUES (gen_random_uuid(), 'embedding', 'p', "
+    "'p/m', '{}', 60, 'w', now())",
     "short-key-hash": "INSERT INTO virtual_keys (name, key_hash) VALUES ('k', '\\x0102')",
 }
 

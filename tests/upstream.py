@@ -74,6 +74,8 @@ PNG_B64 = (  # a 1x1 RGB image
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGNQaPgPAAJjAaB56d6tAAAAAElFTkSuQmCC"
 )
 _DIRECTIVE = re.compile(r"(status|retry-after|delay|fail-first|huge)-(\d+(?:\.\d+)?)")
+_SUCCESSES = ("ok", "huge")
+"""Outcomes that are a successful answer (a paid upstream call, for a real provider)."""
 _FLAGS = ("bad-json", "wrong-content-type", "drop")
 
 
@@ -230,6 +232,7 @@ class FakeUpstream:
         self.faults = faults  # the random sequence is seeded once, from the initial mix
         self._rng = random.Random(faults.seed if faults else None)
         self.executions: dict[str, int] = {}  # job id -> requests received
+        self.successes: dict[str, int] = {}  # job id -> successful answers sent
         self.arrivals: dict[str, list[float]] = {}  # job id -> monotonic arrival times
         self.outcomes: Counter[str] = Counter()
         self.total = 0
@@ -252,6 +255,7 @@ class FakeUpstream:
     def reset(self) -> None:
         self._records.clear()
         self.executions.clear()
+        self.successes.clear()
         self.arrivals.clear()
         self.outcomes.clear()
         self.total = self._anonymous = 0
@@ -293,6 +297,8 @@ class FakeUpstream:
             outcome, response = await self._respond(request, record, build, multipart)
             record.outcome = outcome
             self.outcomes[outcome] += 1
+            if outcome in _SUCCESSES and record.job_id is not None:
+                self.successes[record.job_id] = self.successes.get(record.job_id, 0) + 1
             return response
 
         return handle
@@ -429,6 +435,7 @@ class FakeUpstream:
             {
                 "requests": self.total,
                 "executions": self.executions,
+                "successes": self.successes,
                 "arrivals": self.arrivals,
                 "outcomes": dict(self.outcomes),
             }

@@ -4,6 +4,11 @@ Scale-out needs nothing in-process: any number of workers on any number of machi
 with ``FOR UPDATE SKIP LOCKED``; a worker that dies stops renewing and its jobs are claimed
 again once their lease lapses; a worker that lost a lease cannot write over the new owner.
 
+A database outage longer than the lease is not taken for a crash: when the database returns,
+every worker renews its leases at once, and no worker reaps lapsed leases until a lease period
+after its own database access came back, so live owners renew first. An owner whose job was
+requeued anyway may still renew it or write its result until another worker claims it.
+
 Stopping (SIGTERM): claiming stops at once, running jobs get ``shutdown_grace_seconds`` to
 finish, and whatever is still running is handed back to ``pending`` without using an attempt.
 """
@@ -76,6 +81,9 @@ class Worker:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._finisher: Batcher[Outcome, bool] = Batcher(self._write_outcomes, name="finish")
+        self._renew_now = asyncio.Event()
+        self.breaker = store.db.breaker
+        self.breaker.on_close(self._renew_now.set)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -141,11 +149,24 @@ class Worker:
                         log.exception("claim failed")
                     await asyncio.sleep(config.poll_seconds)
                     continue
+                again = [job.id for job in jobs if job.id in self.running]
                 for job in jobs:
-                    self._start(job)
+                    if job.id not in self.running:
+                        self._start(job)
+                if again:
+                    await self._uncount(again)
             if wanted > 0 and len(jobs) == wanted:
                 continue
             await self.notifications.wait(config.poll_seconds)
+
+    async def _uncount(self, ids: list[uuid.UUID]) -> None:
+        for job_id in ids:
+            log.info("job %s claimed again while still running here; the execution goes on", job_id)
+        try:
+            await self.store.uncount_claims(self.owner, ids)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
 
     def _start(self, job: ClaimedJob) -> None:
         log.info(
@@ -180,6 +201,7 @@ class Worker:
         """Write the terminal state, retrying through a database outage while the lease may hold."""
         started = self.running[job.id].started if job.id in self.running else time.monotonic()
         delay = 0.1
+        kept = False
         while True:
             try:
                 written = await self._finisher.submit(outcome)
@@ -187,7 +209,9 @@ class Worker:
             except Exception as exc:
                 if not is_outage(exc):
                     raise
-                log.warning("job %s result kept in memory; database unavailable", job.id)
+                if not kept:
+                    log.warning("job %s result kept in memory; database unavailable", job.id)
+                    kept = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         duration_ms = (time.monotonic() - started) * 1000
@@ -213,7 +237,10 @@ class Worker:
 
     async def _renew_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.config.renew_seconds)
+            # On reconnection renew at once: leases may have lapsed during the outage.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._renew_now.wait(), self.config.renew_seconds)
+            self._renew_now.clear()
             ids = list(self.running)
             if not ids:
                 continue
@@ -232,10 +259,18 @@ class Worker:
     async def _reap_forever(self) -> None:
         interval = max(0.2, min(self.config.lease_seconds / 2, self.config.poll_seconds * 5))
         while True:
+            if self.breaker.is_open:
+                await asyncio.sleep(interval)
+                continue
+            requeued: list[Transition] = []
+            failed: list[Transition] = []
             try:
-                requeued, failed = await self.store.requeue_expired(
-                    self.config.max_attempts, EXHAUSTED_ERROR
-                )
+                if not self._holding_off():
+                    requeued, failed = await self.store.requeue_expired(
+                        self.config.max_attempts,
+                        EXHAUSTED_ERROR,
+                        grace_seconds=self.config.lease_seconds,
+                    )
                 stale = await self.store.fail_stale_pending(
                     self.config.max_pending_seconds, STALE_ERROR
                 )
@@ -247,6 +282,14 @@ class Worker:
                 _log_transitions(failed, "failed: attempts exhausted")
                 _log_transitions(stale, "failed: waited too long in pending")
             await asyncio.sleep(interval)
+
+    def _holding_off(self) -> bool:
+        """Whether lapsed leases must be left alone for now: while the database is away, and
+        for a lease period after this process's access came back (or it started), so that live
+        owners cut off by the same outage renew before anyone takes their jobs."""
+        if self.breaker.is_open:
+            return True
+        return time.monotonic() - self.breaker.recovered_at < self.config.lease_seconds
 
 
 def _log_transitions(transitions: list[Transition], what: str) -> None:
