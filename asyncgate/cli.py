@@ -9,7 +9,7 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 
-from asyncgate.config import ConfigError, Settings, load_settings
+from asyncgate.config import ConfigError, Settings, load_settings, unknown_environment
 from asyncgate.embedded import EmbeddedPostgres
 from asyncgate.logs import configure
 
@@ -69,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if server_changes:
         settings = settings.replace(server=server_changes)
     configure(settings.log_level)
+    for warning in unknown_environment():
+        log.warning("%s", warning)
 
     from asyncgate.models import migrate
     from asyncgate.models.database import DatabaseUnreachable, wait_until_reachable

@@ -7,12 +7,15 @@ then environment variables. A variable is named after its section and key, e.g.
 ``DATABASE_URL`` is honoured when ``ASYNCGATE_DATABASE_URL`` is not set; ``ASYNCGATE_TEST_*``
 variables belong to the test suite and are ignored here.
 
-Anything unknown or malformed stops the process with a :class:`ConfigError` naming the setting.
+Anything unknown or malformed in the file stops the process with a :class:`ConfigError` naming
+the setting; an ``ASYNCGATE_*`` variable that names no setting is ignored with a warning (see
+:func:`unknown_environment`), since environments carry variables meant for other versions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import tomllib
@@ -200,30 +203,77 @@ def load_settings(
     return _build(raw, env)
 
 
+def _environment_setting(name: str) -> tuple[str, str] | None:
+    """``(section, key)`` (``section`` may be ``providers.<name>`` or ``""`` for a top-level key)
+    of an ``ASYNCGATE_*`` variable that names a setting; None for one that names none."""
+    rest = name[len(ENV_PREFIX) :].lower()
+    if rest == "log_level":
+        return "", "log_level"
+    if rest.startswith("providers_"):
+        provider_rest = rest[len("providers_") :]
+        key = next((k for k in _PROVIDER_KEYS if provider_rest.endswith("_" + k)), None)
+        if key is None or len(provider_rest) == len(key) + 1:
+            return None
+        return f"providers.{provider_rest[: -len(key) - 1]}", key
+    section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
+    if section is None:
+        return None
+    key = rest[len(section) + 1 :]
+    if key not in {f.name for f in dataclasses.fields(_SECTIONS[section])}:
+        return None
+    return section, key
+
+
+def _settings_variables(env: Mapping[str, str]) -> list[str]:
+    """The ``ASYNCGATE_*`` variables meant as settings (not the config path, not the tests')."""
+    return [
+        name
+        for name in env
+        if name.startswith(ENV_PREFIX)
+        and name != ENV_PREFIX + "CONFIG"
+        and not name.startswith(ENV_PREFIX + "TEST_")  # reserved for the test suite
+    ]
+
+
+def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per ``ASYNCGATE_*`` variable that names no setting (it is ignored), with the
+    real setting it most resembles when there is one."""
+    env = os.environ if environ is None else environ
+    known = [
+        f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
+        for section, cls in _SECTIONS.items()
+        for f in dataclasses.fields(cls)
+    ] + [ENV_PREFIX + "LOG_LEVEL", ENV_PREFIX + "CONFIG"]
+    warnings = []
+    for name in sorted(_settings_variables(env)):
+        if _environment_setting(name) is not None:
+            continue
+        if name.upper().startswith(ENV_PREFIX + "PROVIDERS_"):
+            hint = "; providers take ASYNCGATE_PROVIDERS_<NAME>_<KEY>, KEY one of " + ", ".join(
+                k.upper() for k in _PROVIDER_KEYS
+            )
+        else:
+            close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)
+            hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"environment variable {name} names no setting and is ignored{hint}")
+    return warnings
+
+
 def _overlay_environment(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     if "DATABASE_URL" in env and ENV_PREFIX + "DATABASE_URL" not in env:
         raw.setdefault("database", {})["url"] = env["DATABASE_URL"]
-    for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
-            continue
-        if name.startswith(ENV_PREFIX + "TEST_"):  # reserved for the test suite
-            continue
-        rest = name[len(ENV_PREFIX) :].lower()
-        if rest == "log_level":
-            raw["log_level"] = value
-            continue
-        if rest.startswith("providers_"):
-            provider_rest = rest[len("providers_") :]
-            key = next((k for k in _PROVIDER_KEYS if provider_rest.endswith("_" + k)), None)
-            if key is None:
-                raise ConfigError(f"{name}: expected ASYNCGATE_PROVIDERS_<NAME>_<KEY>")
-            provider = provider_rest[: -len(key) - 1]
-            raw.setdefault("providers", {}).setdefault(provider, {})[key] = value
-            continue
-        section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
-        if section is None:
-            raise ConfigError(f"{name}: unknown setting")
-        raw.setdefault(section, {})[rest[len(section) + 1 :]] = value
+    for name in _settings_variables(env):
+        setting = _environment_setting(name)
+        if setting is None:
+            continue  # reported by unknown_environment()
+        section, key = setting
+        if not section:
+            raw[key] = env[name]
+        elif section.startswith("providers."):
+            provider = section.removeprefix("providers.")
+            raw.setdefault("providers", {}).setdefault(provider, {})[key] = env[name]
+        else:
+            raw.setdefault(section, {})[key] = env[name]
 
 
 def _build(raw: dict[str, Any], env: Mapping[str, str]) -> Settings:
@@ -324,6 +374,20 @@ def _check(settings: Settings) -> None:
         problems.append("database.connect_timeout must be positive")
     if not 0 <= d.startup_timeout_seconds <= 86400:
         problems.append("database.startup_timeout_seconds must be between 0 and 86400")
+    limits = settings.limits
+    for name in ("max_json_bytes", "max_upload_bytes"):
+        if getattr(limits, name) < 1:
+            problems.append(f"limits.{name} must be at least 1")
+    if limits.max_files < 0:
+        problems.append("limits.max_files must not be negative")
+    if not 1 <= settings.server.port <= 65535:
+        problems.append("server.port must be between 1 and 65535")
+    if settings.server.processes < 1:
+        problems.append("server.processes must be at least 1")
+    if settings.sweeper.interval_seconds <= 0 or settings.sweeper.batch < 1:
+        problems.append("sweeper.interval_seconds must be positive and sweeper.batch at least 1")
+    if settings.jobs.retry_after < 0:
+        problems.append("jobs.retry_after must not be negative")
     if settings.jobs.default_ttl < 1 or settings.jobs.max_ttl < 1:
         problems.append("jobs.default_ttl and jobs.max_ttl must be positive")
     if settings.jobs.default_ttl > settings.jobs.max_ttl:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncgate.config import ConfigError, Secret, Settings, load_settings
+from asyncgate.config import ConfigError, Secret, Settings, load_settings, unknown_environment
 
 TOML = """
 log_level = "DEBUG"
@@ -127,10 +127,14 @@ def test_secrets_never_show(tmp_path: Path) -> None:
         ("[auth]\nrequired = 'maybe'\n", {}, "auth.required"),
         ("worker = 5\n", {}, "[worker]"),
         ("", {"ASYNCGATE_WORKER_CONCURRENCY": "lots"}, "worker.concurrency"),
-        ("", {"ASYNCGATE_WORKER_CONCURENCY": "5"}, "concurency"),
-        ("", {"ASYNCGATE_WORKERS_CONCURRENCY": "5"}, "ASYNCGATE_WORKERS_CONCURRENCY"),
         ("", {"ASYNCGATE_SERVER_PORT": "eighty"}, "server.port"),
-        ("", {"ASYNCGATE_PROVIDERS_OPENAI_KEY": "x"}, "ASYNCGATE_PROVIDERS_OPENAI_KEY"),
+        ("[server]\nport = 99999\n", {}, "server.port"),
+        ("[server]\nport = 0\n", {}, "server.port"),
+        ("[server]\nprocesses = 0\n", {}, "server.processes"),
+        ("[limits]\nmax_json_bytes = -1\n", {}, "limits.max_json_bytes"),
+        ("[limits]\nmax_upload_bytes = 0\n", {}, "limits.max_upload_bytes"),
+        ("[limits]\nmax_files = -2\n", {}, "limits.max_files"),
+        ("[sweeper]\nbatch = 0\n", {}, "sweeper.batch"),
         ("[providers.openai]\ntimeout = 5\n", {}, "openai"),
         ("[providers.openai]\nbase_url = 'http://x'\napi_key = 'sk'\n", {}, "api_key"),
         ("[providers.Open_AI]\nbase_url = 'http://x'\n", {}, "Open_AI"),
@@ -167,3 +171,22 @@ def test_missing_config_file(tmp_path: Path) -> None:
     missing = tmp_path / "absent.toml"
     with pytest.raises(ConfigError, match=r"absent\.toml"):
         load_settings(missing, environ={})
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("ASYNCGATE_WORKER_CONCURENCY", "did you mean ASYNCGATE_WORKER_CONCURRENCY?"),
+        ("ASYNCGATE_WORKERS_CONCURRENCY", "did you mean ASYNCGATE_WORKER_CONCURRENCY?"),
+        ("ASYNCGATE_SERVER_PROT", "did you mean ASYNCGATE_SERVER_PORT?"),
+        ("ASYNCGATE_PROVIDERS_OPENAI_KEY", "KEY one of BASE_URL, API_KEY_ENV"),
+        ("ASYNCGATE_SOMETHING_ELSE", "ignored"),
+    ],
+)
+def test_unknown_environment_variables_warn_and_are_ignored(name: str, says: str) -> None:
+    env = {name: "5", "ASYNCGATE_WORKER_CONCURRENCY": "7", "ASYNCGATE_TEST_ANYTHING": "x"}
+    settings = load_settings(environ=env)
+    assert settings.worker.concurrency == 7
+    [warning] = unknown_environment(env)
+    assert name in warning and says in warning
+    assert unknown_environment({"ASYNCGATE_WORKER_CONCURRENCY": "7"}) == []
