@@ -114,7 +114,8 @@ def test_keys_create_list_disable(
     ("text", "env", "words"),
     [
         ("[worker]\nconcurrency = 'lots'\n", {}, "worker.concurrency"),
-        ("[database]\nurl = 'x'\n", {"ASYNCGATE_NOT_A_SECTION": "1"}, "ASYNCGATE_NOT_A_SECTION"),
+        ("[nosuchsection]\nx = 1\n", {}, "nosuchsection"),
+        ("[server]\nport = 99999\n", {}, "server.port"),
     ],
 )
 def test_configuration_errors_exit_2(
@@ -127,3 +128,11 @@ def test_configuration_errors_exit_2(
     assert "configuration error" in done.stderr
     assert words in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_unknown_variable_is_a_warning_not_a_refusal(tmp_path: Path, database_url: str) -> None:
+    env = clean_environ(ASYNCGATE_WORKER_CONCURENCY="5")
+    done = asyncgate(config_for(tmp_path, database_url), "keys", "list", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "ASYNCGATE_WORKER_CONCURENCY" in done.stderr
+    assert "did you mean ASYNCGATE_WORKER_CONCURRENCY?" in done.stderr
