@@ -1,10 +1,11 @@
-"""``asyncgate``: serve, api, worker, migrate and keys."""
+"""asyncgate: serve, api, worker, migrate and keys."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -32,21 +33,27 @@ def database(settings: Settings) -> Iterator[str]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asyncgate", description=__doc__)
     parser.add_argument("--config", help="TOML configuration file (or ASYNCGATE_CONFIG)")
+    # --config is accepted after the command too; there it must not reset the one given before.
+    config_after = argparse.ArgumentParser(add_help=False)
+    config_after.add_argument(
+        "--config", default=argparse.SUPPRESS, help="TOML configuration file (or ASYNCGATE_CONFIG)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
+    add_command = functools.partial(commands.add_parser, parents=[config_after])
     for name, text in (
         ("serve", "API, worker and sweeper in one process"),
         ("api", "the HTTP API only"),
     ):
-        sub = commands.add_parser(name, help=text)
+        sub = add_command(name, help=text)
         sub.add_argument("--host")
         sub.add_argument("--port", type=int)
         if name == "api":
             sub.add_argument("--processes", type=int, help="API processes sharing the port")
-    commands.add_parser("worker", help="a worker and the sweeper, no HTTP")
-    migrate = commands.add_parser("migrate", help="apply database migrations")
+    add_command("worker", help="a worker and the sweeper, no HTTP")
+    migrate = add_command("migrate", help="apply database migrations")
     migrate.add_argument("--revision", default="head")
     migrate.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION instead")
-    keys = commands.add_parser("keys", help="manage virtual keys")
+    keys = add_command("keys", help="manage virtual keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     key_commands.add_parser("create", help="create a key and print it once").add_argument("name")
     key_commands.add_parser("list", help="list keys (never the keys themselves)")

@@ -136,3 +136,20 @@ def test_an_unknown_variable_is_a_warning_not_a_refusal(tmp_path: Path, database
     assert done.returncode == 0, done.stderr
     assert "ASYNCGATE_WORKER_CONCURENCY" in done.stderr
     assert "did you mean ASYNCGATE_WORKER_CONCURRENCY?" in done.stderr
+
+
+def test_config_may_follow_the_command(tmp_path: Path, database_url: str) -> None:
+    config = config_for(tmp_path, database_url)
+    done = subprocess.run(
+        [PYTHON, "-m", "asyncgate", "keys", "--config", str(config), "create", "ivy"],
+        cwd=REPO,
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("sk-bf-")
+    listed = asyncgate(config, "keys", "list")
+    assert "ivy" in listed.stdout
