@@ -14,6 +14,15 @@ from typing import Any
 from jsonschema import ValidationError
 
 _ARTICLE = {"array": "an", "integer": "an", "object": "an"}
+# validator -> (message when the bound is 1, message otherwise)
+_BOUNDS = {
+    "minLength": ("must not be empty", "must be at least {n} characters long"),
+    "maxLength": ("", "must be at most {n} characters long"),
+    "minItems": ("must not be empty", "must have at least {n} items"),
+    "maxItems": ("", "must have at most {n} items"),
+    "minimum": ("", "must be >= {n}"),
+    "maximum": ("", "must be <= {n}"),
+}
 
 
 def field_path(error: ValidationError) -> str:
@@ -48,28 +57,14 @@ def describe(error: ValidationError) -> tuple[str, str]:
         return f"{where} must be {_a(expected)}", where
     if kind == "enum":
         return f"{where} must be one of: {', '.join(map(str, expected))}", where
-    if kind == "minLength":
+    if kind in _BOUNDS:
+        at_one, otherwise = _BOUNDS[kind]
+        if kind in ("minimum", "maximum") and schema.get(f"exclusive{kind.title()}"):
+            otherwise = otherwise.replace("=", "")
         return (
-            f"{where} must not be empty"
-            if expected == 1
-            else f"{where} must be at least {expected} characters long"
-        ), where
-    if kind == "maxLength":
-        return f"{where} must be at most {expected} characters long", where
-    if kind == "minItems":
-        return (
-            f"{where} must not be empty"
-            if expected == 1
-            else f"{where} must have at least {expected} items"
-        ), where
-    if kind == "maxItems":
-        return f"{where} must have at most {expected} items", where
-    if kind == "minimum":
-        op = ">" if schema.get("exclusiveMinimum") else ">="
-        return f"{where} must be {op} {expected}", where
-    if kind == "maximum":
-        op = "<" if schema.get("exclusiveMaximum") else "<="
-        return f"{where} must be {op} {expected}", where
+            f"{where} {at_one if expected == 1 and at_one else otherwise.format(n=expected)}",
+            where,
+        )
     if kind == "pattern":
         wanted = schema.get("description")
         return (
