@@ -5,9 +5,10 @@ uvicorn's ``timeout_keep_alive`` is armed only after a response, so a connection
 sends a byte, or sends its headers a byte at a time, is kept forever, and neither uvicorn nor
 httptools limits the size or number of header fields. Each such connection holds a file
 descriptor and memory, and enough of them stop a process. :class:`GatewayHttpProtocol` is
-uvicorn's httptools protocol with those bounds added; they cost one timer per request and a few
-integer operations per header field, never work per byte. Refusals are answered in the
-gateway's error shape and close the connection.
+uvicorn's httptools protocol with those bounds added; they cost one timer per connection (one
+more for a request head that does not arrive in one read) and a few integer operations per read
+and per header field, never work per byte. Refusals are answered in the gateway's error shape
+and close the connection.
 """
 
 from __future__ import annotations
@@ -93,12 +94,13 @@ def _error_head_and_body(status: int, message: str, retry_after: bool) -> tuple[
 class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the bounds of a :class:`ConnectionLimits`.
 
-    A connection gets ``idle_timeout`` to start a request and ``header_timeout`` from a
-    request's first byte to the end of its headers (``408``, then closed); between requests
-    uvicorn's keep-alive timeout is ``idle_timeout`` too. A head over ``max_header_bytes`` or
-    with more than ``max_headers`` fields is answered ``431``. A connection opened while
-    ``max_connections`` others are open never reaches the app: its request is answered ``503``
-    with ``Retry-After`` as soon as its head has arrived. Build it with :func:`protocol_factory`.
+    A connection gets ``idle_timeout`` to start a request, and a request whose head is not
+    complete in its first read gets ``header_timeout`` from then to the end of its headers
+    (``408``, then closed); between requests uvicorn's keep-alive timeout is ``idle_timeout``.
+    A head over ``max_header_bytes`` or with more than ``max_headers`` fields is answered
+    ``431``. A connection opened while ``max_connections`` others are open never reaches the
+    app: its request is answered ``503`` with ``Retry-After`` as soon as its head has arrived.
+    Build it with :func:`protocol_factory`.
     """
 
     def __init__(
@@ -117,9 +119,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._max_headers = limits.max_headers
         self._max_connections = limits.max_connections
         self._deadline: asyncio.TimerHandle | None = None
+        self._head_deadline = False
         self._reading_head = True
         self._head_received = 0
-        self._head_bytes = 0
+        self._head_bytes = _REQUEST_LINE_BYTES
         self._head_fields = 0
         self._over_capacity = False
         self._refusal: tuple[int, str, bool] | None = None
@@ -152,15 +155,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self.logger.warning(message)
                 self.send_400_response(message)
             return
-        if self._reading_head and self._head_received > self._max_header_bytes:
-            self._refuse(*self._too_large())
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._head_bytes = _REQUEST_LINE_BYTES
-        self._head_fields = 0
-        self._disarm()
-        self._deadline = self.loop.call_later(self._header_timeout, self._head_expired)
+        if self._reading_head and self._head_received:
+            if self._head_received > self._max_header_bytes:
+                self._refuse(*self._too_large())
+            elif not self._head_deadline:
+                self._disarm()
+                self._deadline = self.loop.call_later(self._header_timeout, self._head_expired)
+                self._head_deadline = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_fields += 1
@@ -177,10 +178,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._disarm()
+        if self._deadline is not None:
+            self._disarm()
         self._reading_head = False
         self._head_received = 0
-        if len(self.url) + self._head_bytes > self._max_header_bytes:
+        head_bytes = len(self.url) + self._head_bytes
+        self._head_bytes = _REQUEST_LINE_BYTES
+        self._head_fields = 0
+        if head_bytes > self._max_header_bytes:
             self._refusal = self._too_large()
             raise _Refused
         if self._over_capacity:
@@ -199,14 +204,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        self._head_deadline = False
 
     def _idle_expired(self) -> None:
         self._deadline = None
+        self._head_deadline = False
         if not self.transport.is_closing():
             self.transport.close()
 
     def _head_expired(self) -> None:
         self._deadline = None
+        self._head_deadline = False
         self._refuse(408, f"request headers not received within {self._header_timeout:g} s", False)
 
     def _refuse(self, status: int, message: str, retry_after: bool) -> None:
