@@ -312,6 +312,11 @@ def test_serve_and_api_processes_apply_the_bounds(procs: Processes, command: str
     silent = connect(process, blocking=False)
     wait_for(lambda: closed_by_server(silent), timeout=1.0 + SLACK, interval=0.05)
     silent.close()
+    with connect(process) as kept_alive:
+        kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        assert kept_alive.recv(65536).startswith(b"HTTP/1.1 200 ")
+        kept_alive.setblocking(False)
+        wait_for(lambda: closed_by_server(kept_alive), timeout=1.0 + SLACK, interval=0.05)
     assert process.logs().count("open-file limit") == 1
 
     assert process.terminate() == 0
