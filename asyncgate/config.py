@@ -63,6 +63,16 @@ class ServerConfig:
     port: int = 8080
     processes: int = 1
     """API processes started by ``asyncgate api`` (they share the listening port)."""
+    header_timeout_seconds: float = 5.0
+    """A request's line and headers must arrive within this long of its first byte."""
+    idle_timeout_seconds: float = 5.0
+    """A connection with no request under way (none yet, or between two) is closed after this."""
+    max_header_bytes: int = 32 * 1024
+    """Most bytes of a request's line and headers together; ``431`` above."""
+    max_headers: int = 100
+    """Most header fields in one request; ``431`` above."""
+    max_connections: int = 2048
+    """Open connections per API process; a connection past them is answered ``503``."""
 
 
 @dataclass(frozen=True)
@@ -359,8 +369,21 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {hint}")
 
 
+_POSITIVE_SERVER_KEYS = (
+    "processes",
+    "header_timeout_seconds",
+    "idle_timeout_seconds",
+    "max_header_bytes",
+    "max_headers",
+    "max_connections",
+)
+
+
 def _check(settings: Settings) -> None:
     problems = []
+    for name in _POSITIVE_SERVER_KEYS:
+        if getattr(settings.server, name) <= 0:
+            problems.append(f"server.{name} must be positive")
     w = settings.worker
     if w.renew_seconds * 2 > w.lease_seconds:
         problems.append("worker.renew_seconds must be at most half of worker.lease_seconds")
@@ -382,8 +405,6 @@ def _check(settings: Settings) -> None:
         problems.append("limits.max_files must not be negative")
     if not 1 <= settings.server.port <= 65535:
         problems.append("server.port must be between 1 and 65535")
-    if settings.server.processes < 1:
-        problems.append("server.processes must be at least 1")
     if settings.sweeper.interval_seconds <= 0 or settings.sweeper.batch < 1:
         problems.append("sweeper.interval_seconds must be positive and sweeper.batch at least 1")
     if settings.jobs.retry_after < 0:

@@ -19,6 +19,7 @@ import uvicorn
 
 from asyncgate.app import create_app
 from asyncgate.config import Settings, load_settings
+from asyncgate.connections import ConnectionLimits, connection_limits, protocol_factory
 from asyncgate.logs import configure
 from asyncgate.runtime import open_database, worker_runtime
 
@@ -51,11 +52,12 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+def _uvicorn_options(settings: Settings, limits: ConnectionLimits) -> dict[str, Any]:
     return {
         "host": settings.server.host,
         "port": settings.server.port,
-        "http": "httptools",
+        "http": protocol_factory(limits),
+        "timeout_keep_alive": limits.idle_timeout,
         "lifespan": "on",
         "access_log": False,
         "log_config": None,
@@ -72,8 +74,10 @@ def _ignore_signals_after_uvicorn() -> None:
 
 async def serve_http(settings: Settings, database_url: str, *, run_worker: bool) -> None:
     """One process serving the API (and, for ``serve``, a worker and the sweeper)."""
+    limits = connection_limits(settings, run_worker=run_worker)
     app = create_app(settings, database_url, run_worker=run_worker)
-    server = uvicorn.Server(uvicorn.Config(app, loop="none", **_uvicorn_options(settings)))
+    options = _uvicorn_options(settings, limits)
+    server = uvicorn.Server(uvicorn.Config(app, loop="none", **options))
     _ignore_signals_after_uvicorn()
     log.info(
         "asyncgate %s listening on http://%s:%d",
@@ -88,8 +92,9 @@ def serve_http_processes(settings: Settings, database_url: str, config_path: str
     """``api --processes N``: N processes sharing the port, each built by :func:`app_factory`.
 
     The children read the same configuration: the file and database URL travel in the
-    environment.
+    environment. They inherit the open-file limit raised here.
     """
+    limits = connection_limits(settings, run_worker=False)
     os.environ["ASYNCGATE_DATABASE_URL"] = database_url
     if config_path:
         os.environ["ASYNCGATE_CONFIG"] = os.path.abspath(config_path)
@@ -98,7 +103,7 @@ def serve_http_processes(settings: Settings, database_url: str, config_path: str
         factory=True,
         workers=settings.server.processes,
         loop="uvloop",
-        **_uvicorn_options(settings),
+        **_uvicorn_options(settings, limits),
     )
 
 

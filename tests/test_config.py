@@ -130,7 +130,6 @@ def test_secrets_never_show(tmp_path: Path) -> None:
         ("", {"ASYNCGATE_SERVER_PORT": "eighty"}, "server.port"),
         ("[server]\nport = 99999\n", {}, "server.port"),
         ("[server]\nport = 0\n", {}, "server.port"),
-        ("[server]\nprocesses = 0\n", {}, "server.processes"),
         ("[limits]\nmax_json_bytes = -1\n", {}, "limits.max_json_bytes"),
         ("[limits]\nmax_upload_bytes = 0\n", {}, "limits.max_upload_bytes"),
         ("[limits]\nmax_files = -2\n", {}, "limits.max_files"),
@@ -159,12 +158,36 @@ def test_secrets_never_show(tmp_path: Path) -> None:
         ("[database]\nconnect_timeout = 0\n", {}, "database.connect_timeout"),
         ("[database]\npool_size = 0\n", {}, "database.pool_size"),
         ("[worker\nconcurrency = 1\n", {}, "cannot read config file"),
+        ("[server]\nheader_timeout_seconds = 0\n", {}, "server.header_timeout_seconds"),
+        ("[server]\nidle_timeout_seconds = -1.5\n", {}, "server.idle_timeout_seconds"),
+        ("[server]\nmax_header_bytes = 0\n", {}, "server.max_header_bytes"),
+        ("[server]\nmax_headers = -3\n", {}, "server.max_headers"),
+        ("[server]\nmax_connections = 0\n", {}, "server.max_connections"),
+        ("[server]\nprocesses = 0\n", {}, "server.processes"),
+        ("", {"ASYNCGATE_SERVER_MAX_CONNECTIONS": "0"}, "server.max_connections"),
+        ("", {"ASYNCGATE_SERVER_IDLE_TIMEOUT_SECONDS": "soon"}, "server.idle_timeout_seconds"),
     ],
 )
 def test_bad_settings_are_named(tmp_path: Path, text: str, env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(write(tmp_path, text), environ=env)
     assert named in str(caught.value)
+
+
+def test_connection_bounds_from_file_and_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nmax_headers = 50\nheader_timeout_seconds = 2.5\n")
+    env = {
+        "ASYNCGATE_SERVER_IDLE_TIMEOUT_SECONDS": "1.5",
+        "ASYNCGATE_SERVER_MAX_HEADER_BYTES": "8192",
+        "ASYNCGATE_SERVER_MAX_CONNECTIONS": "300",
+        "ASYNCGATE_SERVER_MAX_HEADERS": "60",
+    }
+    server = load_settings(path, environ=env).server
+    assert server.header_timeout_seconds == 2.5
+    assert server.idle_timeout_seconds == 1.5
+    assert server.max_header_bytes == 8192
+    assert server.max_connections == 300
+    assert server.max_headers == 60
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ DOMAIN = {
     "routing",
     "status",
 }
-COMPOSITION = {"__main__", "app", "cli", "runtime", "server", "services"}
+COMPOSITION = {"__main__", "app", "cli", "connections", "runtime", "server", "services"}
 
 # package -> top-level modules it must never import
 FORBIDDEN = {
