@@ -126,6 +126,7 @@ async def drive(
     chaos = Chaos()
     probes = Probe()
     stop = asyncio.Event()
+    stop_probing = asyncio.Event()
     hostile = HostileClients("127.0.0.1", int(api.rsplit(":", 1)[1]))
     hostile.start(args.silent_sockets, args.slowloris)
     started = time.monotonic()
@@ -133,8 +134,8 @@ async def drive(
     helpers = [
         asyncio.create_task(supervise(fleet, stop)),
         asyncio.create_task(progress(db_url, subs, chaos, started, stop)),
-        asyncio.create_task(probe(api, probes, subs, stop, 0.1)),
     ]
+    probing = asyncio.create_task(probe(api, probes, subs, stop_probing, 0.1))
     chaos_task = asyncio.create_task(
         run_chaos(
             random.Random(f"{args.seed}-chaos"), fleet, pg, window, args.db_down, chaos, started
@@ -144,13 +145,16 @@ async def drive(
         await submit_all(api, args.jobs, args.rate, args.seed, subs)
         submitted = time.monotonic()
         await chaos_task
+        stop_probing.set()  # every job the drain waits for, probes' included, is accepted now
+        await probing
         ids = [uuid.UUID(i) for i in subs.accepted]
         drained = await wait_terminal(db_url, ids, args.max_wait)
         finished = time.monotonic()
     finally:
         stop.set()
+        stop_probing.set()
         chaos_task.cancel()
-        await asyncio.gather(chaos_task, *helpers, return_exceptions=True)
+        await asyncio.gather(chaos_task, probing, *helpers, return_exceptions=True)
         await hostile.stop()
     executions, successes, outcomes = await upstream_executions(upstream)
     polled = await poll_sample(api, db_url, subs, args.seed)
