@@ -48,6 +48,11 @@ def describe(error: ValidationError) -> tuple[str, str]:
     kind, expected, schema = error.validator, error.validator_value, error.schema
     if kind in ("oneOf", "anyOf") and error.context:
         return _describe_alternatives(error, where)
+    if kind == "oneOf":  # valid under several branches at once
+        members = [m for b in expected if isinstance(b, dict) for m in b.get("required", ())]
+        if members:
+            return f"{where} must carry exactly one of: {', '.join(members)}", members[0]
+        return f"{where} matches more than one of its allowed forms", where
     if kind == "required":
         instance = error.instance if isinstance(error.instance, dict) else {}
         missing = next((name for name in expected if name not in instance), expected[0])

@@ -261,12 +261,12 @@ MULTIPART_CASES: dict[str, tuple[str, list[tuple[str, Any]], str]] = {
     "edit-missing-image": (
         IMAGE_EDITS,
         [("model", (None, "fake/ok")), ("prompt", (None, "x")), ("mask", PNG)],
-        "",
+        "image",
     ),
     "edit-image-and-image-array": (
         IMAGE_EDITS,
         [("model", (None, "fake/ok")), ("prompt", (None, "x")), ("image", PNG), ("image[]", PNG)],
-        "",
+        "image",
     ),
     "edit-missing-prompt": (IMAGE_EDITS, [("model", (None, "fake/ok")), ("image", PNG)], "prompt"),
     "edit-n-not-an-integer": (
@@ -288,7 +288,7 @@ MULTIPART_CASES: dict[str, tuple[str, list[tuple[str, Any]], str]] = {
     "variation-two-images": (
         IMAGE_VARIATIONS,
         [("model", (None, "fake/ok")), ("image", PNG), ("image", PNG)],
-        "",
+        "image",
     ),
 }
 
