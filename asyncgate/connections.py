@@ -28,6 +28,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from asyncgate.config import Settings
+from asyncgate.errors import error_body
 
 log = logging.getLogger("asyncgate.connections")
 
@@ -72,14 +73,7 @@ class _Refused(Exception):
 def _error_head_and_body(status: int, message: str, retry_after: bool) -> tuple[bytes, bytes]:
     """Status line and fixed headers, and the body, of an error answer (built once each)."""
     phrase = http.HTTPStatus(status).phrase
-    error_type = phrase.lower().replace(" ", "_")
-    body = orjson.dumps(
-        {
-            "is_bifrost_error": True,
-            "status_code": status,
-            "error": {"type": error_type, "message": message},
-        }
-    )
+    body = orjson.dumps(error_body(status, message))
     head = (
         f"HTTP/1.1 {status} {phrase}\r\n"
         "content-type: application/json\r\n"
