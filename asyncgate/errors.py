@@ -6,7 +6,11 @@ the ``BifrostError`` body.
         ├── BadRequest               400 invalid body, model, key, streaming
         ├── Unauthorized             401 no key while ``auth.required`` is on
         ├── NotFound                 404 unknown, expired, foreign or malformed job id
-        └── PayloadTooLarge          413 body, upload or file-count limits
+        ├── PayloadTooLarge          413 body, upload or file-count limits
+        └── Forbidden                403 a key that may not do this (list without being one)
+
+A reused Idempotency-Key with another request is the store's own exception
+(:class:`asyncgate.models.jobs.IdempotencyKeyReused`), answered 422.
 
 Failures of the job database are the store's own exceptions (:mod:`asyncgate.models.database`);
 the mapping of every exception to an HTTP answer lives in :mod:`asyncgate.handlers.errors`.
@@ -21,10 +25,12 @@ JOB_NOT_FOUND = "job not found or expired"
 ERROR_TYPES: dict[int, str] = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     405: "method_not_allowed",
     413: "request_too_large",
     415: "unsupported_media_type",
+    422: "idempotency_error",
     431: "request_header_fields_too_large",
     500: "server_error",
     502: "upstream_error",
@@ -102,3 +108,7 @@ class NotFound(ClientError):
 
 class PayloadTooLarge(ClientError):
     status_code = 413
+
+
+class Forbidden(ClientError):
+    status_code = 403

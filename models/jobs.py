@@ -51,6 +51,42 @@ class NewJob:
     request: dict[str, Any]
     ttl_seconds: int
     files: list[NewFile] = field(default_factory=list)
+    idempotency_key: str | None = None
+    request_hash: bytes | None = None
+    """SHA-256 of the canonical request; set with ``idempotency_key``."""
+
+    @property
+    def idempotency_scope(self) -> tuple[int, str] | None:
+        """(owner, key) under which the key is unique; anonymous jobs share owner 0."""
+        if self.idempotency_key is None:
+            return None
+        return (self.owner_key_id or 0, self.idempotency_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A submission's job: the one just created, or, with ``replayed``, the first job of the
+    same Idempotency-Key and request."""
+
+    id: uuid.UUID
+    created_at: datetime
+    replayed: bool = False
+
+
+class IdempotencyKeyReused(Exception):
+    """The Idempotency-Key already names a job of a different request; nothing was stored."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            "this Idempotency-Key was already used with a different request "
+            "(kind, body or files); send a new key for a new request"
+        )
+        self.key = key
+
+
+class IdempotencyUnresolved(Exception):
+    """A conflicting Idempotency-Key's job vanished before it could be read (it was released
+    or swept in between); the submission may be retried."""
 
 
 @dataclass(slots=True)
@@ -118,6 +154,62 @@ WITH inserted AS (
     RETURNING created_at
 )
 SELECT count(*), max(created_at), pg_notify('{NOTIFY_CHANNEL}', '') FROM inserted
+"""
+
+# The group-commit insert for a batch holding Idempotency-Keys, still one statement. Keys whose
+# window has passed (or whose job expired) are released first, so they can be used again; the
+# insert (which reads `released` so as to run after it) skips rows whose (owner, key) exists,
+# ordered by key so that concurrent batches wait on each other in one order, never in a cycle.
+# One row per submitted job: its own id when inserted, else the id, created_at and hash of the
+# job holding its key, or NULLs when that job committed after this statement's snapshot (read
+# it with RESOLVE_IDEMPOTENCY_KEYS).
+INSERT_IDEMPOTENT_JOBS = f"""
+WITH rows AS (
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(
+        id uuid, kind text, owner_key_id bigint, provider text, model text, request jsonb,
+        ttl_seconds integer, idempotency_key text, request_hash text)
+),
+released AS (
+    UPDATE async_jobs j SET idempotency_key = NULL, request_hash = NULL
+    FROM rows r
+    WHERE r.idempotency_key IS NOT NULL
+      AND coalesce(j.owner_key_id, 0) = coalesce(r.owner_key_id, 0)
+      AND j.idempotency_key = r.idempotency_key
+      AND (j.created_at <= now() - make_interval(secs => %(window)s)
+           OR j.expires_at <= now())
+    RETURNING j.id
+),
+inserted AS (
+    INSERT INTO async_jobs (id, kind, owner_key_id, provider, model, request, ttl_seconds,
+                            idempotency_key, request_hash)
+    SELECT id, kind, owner_key_id, provider, model, request, ttl_seconds,
+           idempotency_key, decode(request_hash, 'hex')
+    FROM rows
+    WHERE (SELECT count(*) FROM released) >= 0
+    ORDER BY coalesce(owner_key_id, 0), idempotency_key
+    ON CONFLICT (coalesce(owner_key_id, 0), idempotency_key)
+        WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, created_at
+),
+notified AS MATERIALIZED (SELECT pg_notify('{NOTIFY_CHANNEL}', ''))
+SELECT r.id, coalesce(i.id, e.id), coalesce(i.created_at, e.created_at),
+       CASE WHEN i.id IS NOT NULL THEN decode(r.request_hash, 'hex') ELSE e.request_hash END
+FROM rows r
+CROSS JOIN notified
+LEFT JOIN inserted i ON i.id = r.id
+LEFT JOIN async_jobs e
+    ON i.id IS NULL
+   AND coalesce(e.owner_key_id, 0) = coalesce(r.owner_key_id, 0)
+   AND e.idempotency_key = r.idempotency_key
+   AND e.id NOT IN (SELECT id FROM released)
+"""
+
+# The jobs holding (owner, key) pairs the insert found taken by a batch that committed after
+# its snapshot; a new statement has a new snapshot that sees them.
+RESOLVE_IDEMPOTENCY_KEYS = """
+SELECT coalesce(j.owner_key_id, 0), j.idempotency_key, j.id, j.created_at, j.request_hash
+FROM unnest(%s::bigint[], %s::text[]) AS k(owner, key)
+JOIN async_jobs j ON coalesce(j.owner_key_id, 0) = k.owner AND j.idempotency_key = k.key
 """
 
 # Files of the batch's multipart jobs, in the same transaction as their jobs.
@@ -311,20 +403,112 @@ class JobStore:
     polls of them are answered from a small per-process cache, checked for expiry on every hit.
     """
 
-    def __init__(self, db: Database, *, cache_size: int = 10_000) -> None:
+    def __init__(
+        self, db: Database, *, cache_size: int = 10_000, idempotency_window_seconds: int = 86400
+    ) -> None:
         self.db = db
         self.cache_size = cache_size
+        self.idempotency_window_seconds = idempotency_window_seconds
         self._terminal: OrderedDict[tuple[uuid.UUID, Kind, int | None], JobView] = OrderedDict()
 
     # --- API side -------------------------------------------------------------------------
 
-    async def insert_batch(self, jobs: Sequence[NewJob]) -> datetime:
-        """Commit ``jobs`` (and their files) in one transaction; returns their ``created_at``."""
-        async with self.db.connection() as conn:
-            if not any(job.files for job in jobs):
-                return await self._insert(conn, jobs)  # one statement: atomic by itself
-            async with conn.transaction():
-                return await self._insert(conn, jobs)
+    async def insert_batch(self, jobs: Sequence[NewJob]) -> list[Committed | IdempotencyKeyReused]:
+        """Commit ``jobs`` (and their files) in one transaction; one answer per job, in order.
+
+        A job whose Idempotency-Key (for its owner) already names a job is not stored: it is
+        answered with that job, replayed, when the request is the same, and with
+        :class:`IdempotencyKeyReused` when it is not. Duplicates within the batch are
+        answered the same way from the first of them.
+        """
+        if not any(job.idempotency_key is not None for job in jobs):
+            async with self.db.connection() as conn:
+                if not any(job.files for job in jobs):
+                    created_at = await self._insert(conn, jobs)  # one statement: atomic
+                else:
+                    async with conn.transaction():
+                        created_at = await self._insert(conn, jobs)
+            return [Committed(job.id, created_at) for job in jobs]
+        leaders: dict[tuple[int, str], NewJob] = {}
+        for job in jobs:
+            scope = job.idempotency_scope
+            if scope is not None:
+                leaders.setdefault(scope, job)
+        unique = [
+            j for j in jobs if j.idempotency_scope is None or leaders[j.idempotency_scope] is j
+        ]
+        for attempt in range(3):
+            try:
+                async with self.db.connection() as conn:
+                    if not any(job.files for job in unique):
+                        winners = await self._insert_idempotent(conn, unique)
+                    else:
+                        async with conn.transaction():
+                            winners = await self._insert_idempotent(conn, unique)
+                break
+            except psycopg.errors.DeadlockDetected:
+                if attempt == 2:
+                    raise
+        answers: list[Committed | IdempotencyKeyReused] = []
+        for job in jobs:
+            winner_id, created_at, digest = winners[job.idempotency_scope or job.id]
+            if winner_id == job.id:
+                answers.append(Committed(job.id, created_at))
+            elif digest == job.request_hash:
+                answers.append(Committed(winner_id, created_at, replayed=True))
+            else:
+                assert job.idempotency_key is not None
+                answers.append(IdempotencyKeyReused(job.idempotency_key))
+        return answers
+
+    @staticmethod
+    def _rows(jobs: Sequence[NewJob]) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": str(j.id),
+                "kind": j.kind.value,
+                "owner_key_id": j.owner_key_id,
+                "provider": j.provider,
+                "model": j.model,
+                "request": j.request,
+                "ttl_seconds": j.ttl_seconds,
+                "idempotency_key": j.idempotency_key,
+                "request_hash": None if j.request_hash is None else j.request_hash.hex(),
+            }
+            for j in jobs
+        ]
+
+    async def _insert_idempotent(
+        self, conn: psycopg.AsyncConnection, jobs: Sequence[NewJob]
+    ) -> dict[Any, tuple[uuid.UUID, datetime, bytes | None]]:
+        """Insert; returns the winning job (id, created_at, request hash) of each job's
+        (owner, key) scope, or of its own id for a job without a key."""
+        params = {"rows": dumps(self._rows(jobs)), "window": self.idempotency_window_seconds}
+        cur = await conn.execute(INSERT_IDEMPOTENT_JOBS, params)
+        found = {row[0]: row[1:] for row in await cur.fetchall()}
+        winners: dict[Any, tuple[uuid.UUID, datetime, bytes | None]] = {}
+        unresolved: list[tuple[int, str]] = []
+        for job in jobs:
+            scope = job.idempotency_scope
+            winner_id, created_at, digest = found[job.id]
+            if winner_id is None:
+                assert scope is not None
+                unresolved.append(scope)
+            else:
+                winners[scope or job.id] = (winner_id, created_at, digest and bytes(digest))
+        if unresolved:
+            cur = await conn.execute(
+                RESOLVE_IDEMPOTENCY_KEYS,
+                ([owner for owner, _ in unresolved], [key for _, key in unresolved]),
+            )
+            for owner, key, winner_id, created_at, digest in await cur.fetchall():
+                winners[(owner, key)] = (winner_id, created_at, bytes(digest))
+            missing = [scope for scope in unresolved if scope not in winners]
+            if missing:
+                raise IdempotencyUnresolved(f"{len(missing)} Idempotency-Key job(s) vanished")
+        inserted = [job for job in jobs if winners[job.idempotency_scope or job.id][0] == job.id]
+        await self._insert_files(conn, inserted)
+        return winners
 
     @staticmethod
     async def _insert(conn: psycopg.AsyncConnection, jobs: Sequence[NewJob]) -> datetime:
@@ -345,6 +529,11 @@ class JobStore:
         if row is None or row[0] != len(jobs):
             raise RuntimeError(f"batch insert wrote {row and row[0]} of {len(jobs)} jobs")
         created_at: datetime = row[1]
+        await JobStore._insert_files(conn, jobs)
+        return created_at
+
+    @staticmethod
+    async def _insert_files(conn: psycopg.AsyncConnection, jobs: Sequence[NewJob]) -> None:
         files = [(j.id, pos, f) for j in jobs for pos, f in enumerate(j.files)]
         if files:
             await conn.execute(
@@ -358,7 +547,6 @@ class JobStore:
                     [f.data for _, _, f in files],
                 ),
             )
-        return created_at
 
     async def get(self, job_id: uuid.UUID, kind: Kind, key_id: int | None) -> JobView | None:
         """The job as its owner (or anyone, for a public job) may see it; None if not visible."""
