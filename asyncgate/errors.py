@@ -4,10 +4,9 @@ the ``BifrostError`` body.
     GatewayError
     └── ClientError                  4xx answered in the BifrostError shape
         ├── BadRequest               400 invalid body, model, key, streaming
-        ├── Unauthorized             401 no key while ``auth.required`` is on
+        ├── Unauthorized             401 no key while ``auth.required`` is on, or to list jobs
         ├── NotFound                 404 unknown, expired, foreign or malformed job id
-        ├── PayloadTooLarge          413 body, upload or file-count limits
-        └── Forbidden                403 a key that may not do this (list without being one)
+        └── PayloadTooLarge          413 body, upload or file-count limits
 
 A reused Idempotency-Key with another request is the store's own exception
 (:class:`asyncgate.models.jobs.IdempotencyKeyReused`), answered 422.
@@ -25,7 +24,6 @@ JOB_NOT_FOUND = "job not found or expired"
 ERROR_TYPES: dict[int, str] = {
     400: "invalid_request_error",
     401: "authentication_error",
-    403: "permission_error",
     404: "not_found_error",
     405: "method_not_allowed",
     413: "request_too_large",
@@ -108,7 +106,3 @@ class NotFound(ClientError):
 
 class PayloadTooLarge(ClientError):
     status_code = 413
-
-
-class Forbidden(ClientError):
-    status_code = 403

@@ -105,6 +105,19 @@ class JobView:
     error: dict[str, Any] | None
 
 
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """A job as a list shows it: its state, never its request or result."""
+
+    id: uuid.UUID
+    kind: Kind
+    status: JobStatus
+    created_at: datetime
+    completed_at: datetime | None
+    expires_at: datetime | None
+    status_code: int | None
+
+
 @dataclass(slots=True)
 class ClaimedJob:
     """A job this worker now holds under a lease."""
@@ -230,6 +243,25 @@ WHERE id = %s AND kind = %s
   AND (owner_key_id IS NULL OR owner_key_id = %s)
   AND (expires_at IS NULL OR expires_at > now())
 """
+
+# Job list, newest first; id breaks ties (a batch shares one created_at), so the order is total
+# and a cursor (the last row's created_at and id) continues strictly after its page: jobs that
+# arrive meanwhile are newer and never shift a page. Expiry is enforced here as in polls.
+# {filters} takes LIST_FILTERS' fragments, so each combination is planned on its own, on
+# async_jobs_owner_list_idx for a key's jobs or async_jobs_list_idx for an admin's (backwards).
+LIST_JOBS = """
+SELECT id, kind, status, created_at, completed_at, expires_at, status_code
+FROM async_jobs
+WHERE (expires_at IS NULL OR expires_at > now()){filters}
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+"""
+LIST_FILTERS = {
+    "owner": " AND owner_key_id = %(owner)s",
+    "kind": " AND kind = %(kind)s",
+    "status": " AND status = %(status)s",
+    "after": " AND (created_at, id) < (%(after_at)s, %(after_id)s)",
+}
 
 # Claim the oldest pending jobs; SKIP LOCKED lets many workers claim at once without waiting.
 CLAIM = """
@@ -568,6 +600,38 @@ class JobStore:
             if len(self._terminal) > self.cache_size:
                 self._terminal.popitem(last=False)
         return view
+
+    async def list_jobs(
+        self,
+        *,
+        owner: int | None,
+        kind: Kind | None = None,
+        status: JobStatus | None = None,
+        limit: int = 20,
+        after: tuple[datetime, uuid.UUID] | None = None,
+    ) -> list[JobSummary]:
+        """Up to ``limit`` live jobs of ``owner`` (every owner's for None), newest first,
+        strictly after the cursor ``after`` (a listed job's created_at and id)."""
+        params: dict[str, Any] = {
+            "limit": limit,
+            "owner": owner,
+            "kind": None if kind is None else kind.value,
+            "status": None if status is None else status.value,
+        }
+        if after is not None:
+            params["after_at"], params["after_id"] = after
+        filters = "".join(
+            LIST_FILTERS[name]
+            for name, value in (
+                ("owner", owner),
+                ("kind", kind),
+                ("status", status),
+                ("after", after),
+            )
+            if value is not None
+        )
+        rows = await self.db.read(LIST_JOBS.format(filters=filters), params)
+        return [JobSummary(r[0], Kind(r[1]), JobStatus(r[2]), *r[3:]) for r in rows]
 
     # --- worker side ----------------------------------------------------------------------
 
