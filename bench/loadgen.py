@@ -115,6 +115,8 @@ class Call:
     url: str
     expected: int
     body: bytes | None = None
+    idempotent: bool = False
+    """Send a new ``Idempotency-Key`` with every request (each one a first use)."""
 
     def target(self) -> URL:
         return URL(self.url, encoded=False)
@@ -128,6 +130,8 @@ async def _one(
     on_answer: OnAnswer | None,
 ) -> None:
     headers = JSON_HEADERS if call.body is not None else None
+    if call.idempotent:
+        headers = {**(headers or {}), "Idempotency-Key": uuid.uuid4().hex}
     start = time.perf_counter()
     try:
         async with session.request(call.method, url, data=call.body, headers=headers) as response:

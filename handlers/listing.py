@@ -18,6 +18,9 @@ from asyncgate.kinds import KINDS, Kind
 from asyncgate.models.jobs import JobSummary
 from asyncgate.status import JobStatus
 
+LIST_PATH = "/v1/async/jobs"
+"""The one job path not of a kind: the list of the caller's jobs of every kind."""
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
