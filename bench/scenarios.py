@@ -196,6 +196,18 @@ class Bench:
         )
         self._show("group commit", grouped, cpu)
         await self.reset_jobs()
+        say(f"submit: group commit with Idempotency-Keys (no HTTP), {CLIENTS} submitters")
+        idem_cpu = CpuMeter()
+        grouped_idem = await group_commits(
+            self.database_url,
+            self.request,
+            duration=plan.duration,
+            submitters=CLIENTS,
+            meter=idem_cpu,
+            idempotent=True,
+        )
+        self._show("group commit, Idempotency-Key", grouped_idem, idem_cpu)
+        await self.reset_jobs()
         self.scenarios["submit"] = {
             "clients": CLIENTS,
             "body_bytes": len(self.body),
@@ -205,6 +217,7 @@ class Bench:
             "baseline": baseline,
             "raw_insert": raw_insert,
             "group_commit": {**grouped.summary(), "cpu": cpu.figures},
+            "group_commit_idempotent": {**grouped_idem.summary(), "cpu": idem_cpu.figures},
         }
 
     async def _measure(
