@@ -169,28 +169,20 @@ WITH inserted AS (
 SELECT count(*), max(created_at), pg_notify('{NOTIFY_CHANNEL}', '') FROM inserted
 """
 
-# The group-commit insert for a batch holding Idempotency-Keys, still one statement. Keys whose
-# window has passed (or whose job expired) are released first, so they can be used again; the
-# insert (which reads `released` so as to run after it) skips rows whose (owner, key) exists,
-# ordered by key so that concurrent batches wait on each other in one order, never in a cycle.
-# One row per submitted job: its own id when inserted, else the id, created_at and hash of the
-# job holding its key, or NULLs when that job committed after this statement's snapshot (read
-# it with RESOLVE_IDEMPOTENCY_KEYS).
+# The group-commit insert for a batch holding Idempotency-Keys, still one statement and one
+# round trip: rows whose (owner, key) exists are skipped (ON CONFLICT on the unique index),
+# inserted ordered by key so that concurrent batches wait on each other in one order, never in
+# a cycle. Answers one row with the inserted rows' created_at (submitted NULL), then one row
+# per row not inserted: the id, created_at and hash of the job holding its key and whether that
+# job is stale (its window passed or it expired: release it with RELEASE_IDEMPOTENCY_KEYS and
+# insert again), or NULLs when it committed after this statement's snapshot (read it with
+# RESOLVE_IDEMPOTENCY_KEYS). The lookup is LATERAL ... LIMIT 1 (the key is unique), which the
+# planner cannot flatten into a join: it probes async_jobs_idempotency_idx row by row.
 INSERT_IDEMPOTENT_JOBS = f"""
 WITH rows AS (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(
         id uuid, kind text, owner_key_id bigint, provider text, model text, request jsonb,
         ttl_seconds integer, idempotency_key text, request_hash text)
-),
-released AS (
-    UPDATE async_jobs j SET idempotency_key = NULL, request_hash = NULL
-    FROM rows r
-    WHERE r.idempotency_key IS NOT NULL
-      AND coalesce(j.owner_key_id, 0) = coalesce(r.owner_key_id, 0)
-      AND j.idempotency_key = r.idempotency_key
-      AND (j.created_at <= now() - make_interval(secs => %(window)s)
-           OR j.expires_at <= now())
-    RETURNING j.id
 ),
 inserted AS (
     INSERT INTO async_jobs (id, kind, owner_key_id, provider, model, request, ttl_seconds,
@@ -198,23 +190,33 @@ inserted AS (
     SELECT id, kind, owner_key_id, provider, model, request, ttl_seconds,
            idempotency_key, decode(request_hash, 'hex')
     FROM rows
-    WHERE (SELECT count(*) FROM released) >= 0
     ORDER BY coalesce(owner_key_id, 0), idempotency_key
     ON CONFLICT (coalesce(owner_key_id, 0), idempotency_key)
         WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, created_at
 ),
 notified AS MATERIALIZED (SELECT pg_notify('{NOTIFY_CHANNEL}', ''))
-SELECT r.id, coalesce(i.id, e.id), coalesce(i.created_at, e.created_at),
-       CASE WHEN i.id IS NOT NULL THEN decode(r.request_hash, 'hex') ELSE e.request_hash END
+SELECT NULL::uuid, NULL::uuid, (SELECT max(created_at) FROM inserted), NULL::bytea, NULL::bool
+FROM notified
+UNION ALL
+SELECT r.id, h.id, h.created_at, h.request_hash,
+       h.created_at <= now() - make_interval(secs => %(window)s) OR h.expires_at <= now()
 FROM rows r
-CROSS JOIN notified
-LEFT JOIN inserted i ON i.id = r.id
-LEFT JOIN async_jobs e
-    ON i.id IS NULL
-   AND coalesce(e.owner_key_id, 0) = coalesce(r.owner_key_id, 0)
-   AND e.idempotency_key = r.idempotency_key
-   AND e.id NOT IN (SELECT id FROM released)
+LEFT JOIN LATERAL (
+    SELECT id, created_at, request_hash, expires_at FROM async_jobs
+    WHERE coalesce(owner_key_id, 0) = coalesce(r.owner_key_id, 0)
+      AND idempotency_key = r.idempotency_key
+    LIMIT 1
+) h ON true
+WHERE r.id NOT IN (SELECT id FROM inserted)
+"""
+
+# Free the keys of jobs found stale by INSERT_IDEMPOTENT_JOBS (window passed, or the job
+# expired), rechecked here, so that the key may name a new job.
+RELEASE_IDEMPOTENCY_KEYS = """
+UPDATE async_jobs SET idempotency_key = NULL, request_hash = NULL
+WHERE id = ANY(%(ids)s)
+  AND (created_at <= now() - make_interval(secs => %(window)s) OR expires_at <= now())
 """
 
 # The jobs holding (owner, key) pairs the insert found taken by a batch that committed after
@@ -511,23 +513,39 @@ class JobStore:
         ]
 
     async def _insert_idempotent(
-        self, conn: psycopg.AsyncConnection, jobs: Sequence[NewJob]
+        self, conn: psycopg.AsyncConnection, jobs: Sequence[NewJob], *, again: bool = True
     ) -> dict[Any, tuple[uuid.UUID, datetime, bytes | None]]:
         """Insert; returns the winning job (id, created_at, request hash) of each job's
-        (owner, key) scope, or of its own id for a job without a key."""
+        (owner, key) scope, or of its own id for a job without a key. Jobs whose key is held
+        by a stale job release it and are inserted once more (``again``)."""
         params = {"rows": dumps(self._rows(jobs)), "window": self.idempotency_window_seconds}
         cur = await conn.execute(INSERT_IDEMPOTENT_JOBS, params)
-        found = {row[0]: row[1:] for row in await cur.fetchall()}
+        inserted_at: datetime | None = None
+        taken: dict[uuid.UUID, tuple[Any, Any, Any, Any]] = {}
+        for submitted, winner_id, created_at, digest, stale in await cur.fetchall():
+            if submitted is None:
+                inserted_at = created_at
+            else:
+                taken[submitted] = (winner_id, created_at, digest, stale)
         winners: dict[Any, tuple[uuid.UUID, datetime, bytes | None]] = {}
         unresolved: list[tuple[int, str]] = []
+        retry: list[NewJob] = []
+        stale_ids: list[uuid.UUID] = []
         for job in jobs:
             scope = job.idempotency_scope
-            winner_id, created_at, digest = found[job.id]
+            if job.id not in taken:
+                assert inserted_at is not None
+                winners[scope or job.id] = (job.id, inserted_at, job.request_hash)
+                continue
+            assert scope is not None  # a job without a key is always inserted
+            winner_id, created_at, digest, stale = taken[job.id]
             if winner_id is None:
-                assert scope is not None
                 unresolved.append(scope)
+            elif stale and again:
+                stale_ids.append(winner_id)
+                retry.append(job)
             else:
-                winners[scope or job.id] = (winner_id, created_at, digest and bytes(digest))
+                winners[scope] = (winner_id, created_at, bytes(digest))
         if unresolved:
             cur = await conn.execute(
                 RESOLVE_IDEMPOTENCY_KEYS,
@@ -538,8 +556,14 @@ class JobStore:
             missing = [scope for scope in unresolved if scope not in winners]
             if missing:
                 raise IdempotencyUnresolved(f"{len(missing)} Idempotency-Key job(s) vanished")
-        inserted = [job for job in jobs if winners[job.idempotency_scope or job.id][0] == job.id]
+        inserted = [
+            job for job in jobs if winners.get(job.idempotency_scope or job.id, (0,))[0] == job.id
+        ]
         await self._insert_files(conn, inserted)
+        if retry:
+            window = self.idempotency_window_seconds
+            await conn.execute(RELEASE_IDEMPOTENCY_KEYS, {"ids": stale_ids, "window": window})
+            winners.update(await self._insert_idempotent(conn, retry, again=False))
         return winners
 
     @staticmethod
