@@ -55,7 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION instead")
     keys = add_command("keys", help="manage virtual keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
-    key_commands.add_parser("create", help="create a key and print it once").add_argument("name")
+    create = key_commands.add_parser("create", help="create a key and print it once")
+    create.add_argument("name")
+    create.add_argument(
+        "--admin", action="store_true", help="the key may list every job, not only its own"
+    )
     key_commands.add_parser("list", help="list keys (never the keys themselves)")
     key_commands.add_parser("disable", help="disable a key by name").add_argument("name")
     return parser
@@ -124,18 +128,21 @@ async def _keys(settings: Settings, url: str, args: argparse.Namespace) -> int:
         keys = KeyStore(db)
         if args.keys_command == "create":
             try:
-                key_id, key = await keys.create(args.name)
+                key_id, key = await keys.create(args.name, admin=args.admin)
             except DuplicateKeyName:
                 print(f"a key named {args.name!r} already exists", file=sys.stderr)
                 return 1
             print(key)
-            print(f"key {args.name!r} created (id {key_id}); it is shown only now", file=sys.stderr)
+            role = "admin key" if args.admin else "key"
+            message = f"{role} {args.name!r} created (id {key_id}); it is shown only now"
+            print(message, file=sys.stderr)
         elif args.keys_command == "list":
             for info in await keys.list():
                 state = (
                     f"disabled {info.disabled_at:%Y-%m-%d %H:%M}" if info.disabled_at else "active"
                 )
-                print(f"{info.id}\t{info.name}\t{info.created_at:%Y-%m-%d %H:%M}\t{state}")
+                role = "admin" if info.is_admin else "key"
+                print(f"{info.id}\t{info.name}\t{info.created_at:%Y-%m-%d %H:%M}\t{state}\t{role}")
         else:
             if not await keys.disable(args.name):
                 print(f"no key named {args.name!r}", file=sys.stderr)

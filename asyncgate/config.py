@@ -94,6 +94,8 @@ class JobsConfig:
     """Requested TTLs above this are clamped to it."""
     retry_after: int = 1
     """``Retry-After`` seconds suggested to clients polling an unfinished job."""
+    idempotency_window_seconds: int = 86400
+    """How long an Idempotency-Key names its first job; afterwards the key may be used again."""
 
 
 @dataclass(frozen=True)
@@ -411,6 +413,8 @@ def _check(settings: Settings) -> None:
         problems.append("jobs.retry_after must not be negative")
     if settings.jobs.default_ttl < 1 or settings.jobs.max_ttl < 1:
         problems.append("jobs.default_ttl and jobs.max_ttl must be positive")
+    if not 1 <= settings.jobs.idempotency_window_seconds <= 365 * 86400:
+        problems.append("jobs.idempotency_window_seconds must be between 1 and 31536000")
     if settings.jobs.default_ttl > settings.jobs.max_ttl:
         problems.append("jobs.default_ttl must not exceed jobs.max_ttl")
     for name, provider in settings.providers.items():

@@ -4,9 +4,12 @@ the ``BifrostError`` body.
     GatewayError
     └── ClientError                  4xx answered in the BifrostError shape
         ├── BadRequest               400 invalid body, model, key, streaming
-        ├── Unauthorized             401 no key while ``auth.required`` is on
+        ├── Unauthorized             401 no key while ``auth.required`` is on, or to list jobs
         ├── NotFound                 404 unknown, expired, foreign or malformed job id
         └── PayloadTooLarge          413 body, upload or file-count limits
+
+A reused Idempotency-Key with another request is the store's own exception
+(:class:`asyncgate.models.jobs.IdempotencyKeyReused`), answered 422.
 
 Failures of the job database are the store's own exceptions (:mod:`asyncgate.models.database`);
 the mapping of every exception to an HTTP answer lives in :mod:`asyncgate.handlers.errors`.
@@ -26,6 +29,7 @@ ERROR_TYPES: dict[int, str] = {
     408: "request_timeout",
     413: "request_too_large",
     415: "unsupported_media_type",
+    422: "idempotency_error",
     431: "request_header_fields_too_large",
     500: "server_error",
     502: "upstream_error",

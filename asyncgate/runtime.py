@@ -48,7 +48,7 @@ async def api_services(
 
     With a ``local_worker`` (``serve``), each commit wakes it directly.
     """
-    store = JobStore(db)
+    store = JobStore(db, idempotency_window_seconds=settings.jobs.idempotency_window_seconds)
     committer = group_committer(
         store, on_commit=local_worker.notifications.event.set if local_worker else None
     )

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 from asyncgate.config import Settings
 from asyncgate.models.batching import Batcher
 from asyncgate.models.database import Database
-from asyncgate.models.jobs import JobStore, NewJob
+from asyncgate.models.jobs import Committed, JobStore, NewJob
 from asyncgate.models.keys import KeyStore
 
 
@@ -18,4 +17,4 @@ class Services:
     db: Database
     jobs: JobStore
     keys: KeyStore
-    committer: Batcher[NewJob, datetime]
+    committer: Batcher[NewJob, Committed]

@@ -29,6 +29,7 @@ from asyncgate.kinds import KINDS, Kind
 from asyncgate.logs import configure
 from asyncgate.models.jobs import JobView
 from asyncgate.server import run
+from asyncgate.status import JobStatus
 from bench.loadgen import chat_request
 
 Handler = Callable[..., Awaitable[Response]]
@@ -57,7 +58,7 @@ def completed_job() -> JobView:
     created = datetime.now(UTC)
     return JobView(
         id=uuid.uuid4(),
-        status="completed",
+        status=JobStatus.COMPLETED,
         created_at=created,
         completed_at=created,
         expires_at=created + timedelta(hours=1),
@@ -87,10 +88,14 @@ async def _health() -> Response:
     return render.json_response({"status": "ok", "database": "ok"}, 200)
 
 
+async def _list(**_params: object) -> Response:
+    return render.json_response({"object": "list", "data": [], "has_more": False}, 200)
+
+
 def _resolver() -> Resolver:
     """Each operation bound to a fake of the gateway's handler (same kind, same role)."""
     view = completed_job()
-    table: dict[str, Handler] = {"getHealth": _health}
+    table: dict[str, Handler] = {"getHealth": _health, "listAsyncJobs": _list}
     for kind, info in KINDS.items():
         table[info.submit_operation] = _fake_submit(kind)
         table[info.poll_operation] = _fake_poll(view)

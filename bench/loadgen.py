@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import uuid
 from collections import Counter
@@ -115,6 +116,8 @@ class Call:
     url: str
     expected: int
     body: bytes | None = None
+    idempotent: bool = False
+    """Send a new ``Idempotency-Key`` with every request (each one a first use)."""
 
     def target(self) -> URL:
         return URL(self.url, encoded=False)
@@ -128,6 +131,8 @@ async def _one(
     on_answer: OnAnswer | None,
 ) -> None:
     headers = JSON_HEADERS if call.body is not None else None
+    if call.idempotent:
+        headers = {**(headers or {}), "Idempotency-Key": uuid.uuid4().hex}
     start = time.perf_counter()
     try:
         async with session.request(call.method, url, data=call.body, headers=headers) as response:
@@ -284,8 +289,11 @@ async def group_commits(
     submitters: int = 64,
     connections: int = 8,
     meter: contextlib.AbstractContextManager[Any] | None = None,
+    idempotent: bool = False,
 ) -> RunStats:
     """The same rows as :func:`raw_inserts`, committed through the gateway's group committer.
+
+    With ``idempotent`` every job carries a new Idempotency-Key (and its request hash).
 
     ``submitters`` tasks each await ``submit(job)`` of one
     :func:`models.committer.group_committer` on a ``models.database.Database`` of
@@ -310,6 +318,9 @@ async def group_commits(
                     request=request,
                     ttl_seconds=3600,
                 )
+                if idempotent:
+                    job.idempotency_key = uuid.uuid4().hex
+                    job.request_hash = hashlib.sha256(orjson.dumps(request)).digest()
                 await committer.submit(job)
 
             return await repeat_calls(

@@ -45,6 +45,18 @@ def goals(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
         goal("submit p99 (ms)", gw["p99_ms"], "< 50", gw["p99_ms"] < 50)
         ratio = gw["per_second"] / raw["per_second"]
         goal("submit / raw insert", ratio, "> 1.00", ratio > 1.0)
+        if idem := s.get("gateway_api_idempotent"):
+            ratio = idem["per_second"] / gw["per_second"]
+            goal("idempotent submit / submit", ratio, ">= 0.90", ratio >= 0.9)
+        if (idem := s.get("group_commit_idempotent")) and (group := s.get("group_commit")):
+            ratio = idem["per_second"] / group["per_second"]
+            goal(
+                "idempotent / plain group commit",
+                ratio,
+                ">= 0.90",
+                ratio >= 0.9,
+                informational=True,
+            )
         if group := s.get("group_commit"):
             ratio = group["per_second"] / raw["per_second"]
             goal("group commit / raw insert", ratio, "> 1.00", ratio > 1.0, informational=True)
@@ -90,9 +102,11 @@ def table(results: dict[str, Any]) -> str:
     if sub := s.get("submit"):
         for key, name in (
             ("gateway_api", "submit: gateway (api)"),
+            ("gateway_api_idempotent", "submit: gateway, Idempotency-Key"),
             ("baseline", "submit: baseline app (no DB)"),
             ("raw_insert", "submit: raw psycopg insert"),
             ("group_commit", "submit: group commit (no HTTP)"),
+            ("group_commit_idempotent", "submit: group commit, Idempotency-Key"),
         ):
             if key in sub:
                 add(name, f"{sub[key]['per_second']:.0f} /s", sub[key])

@@ -1,8 +1,9 @@
 """The benchmark scenarios (see bench/README.md), run one after the other by :class:`Bench`.
 
-1. submit throughput and latency, 2. pickup latency, 3. end-to-end jobs/s, 4. many slow jobs
-in flight, 5. polls/s. Each scenario starts the gateway processes it needs, measures with the
-load generator (which runs in this process) and stores its figures in ``results``.
+1. submit throughput and latency (plain and with Idempotency-Key), 2. pickup latency,
+3. end-to-end jobs/s, 4. many slow jobs in flight, 5. polls/s. Each scenario starts the gateway
+processes it needs, measures with the load generator (which runs in this process) and stores
+its figures in ``results``.
 """
 
 from __future__ import annotations
@@ -148,8 +149,8 @@ class Bench:
             await self.wait_listener(proc, since)
         return url, proc
 
-    def submit_call(self, url: str) -> Call:
-        return Call("POST", url + CHAT_PATH, 202, self.body)
+    def submit_call(self, url: str, *, idempotent: bool = False) -> Call:
+        return Call("POST", url + CHAT_PATH, 202, self.body, idempotent=idempotent)
 
     async def drain(self, accepted: int, before: tuple[int, int], timeout: float) -> float:
         """Wait until ``accepted`` more jobs are terminal; returns ``time.perf_counter()`` then."""
@@ -170,6 +171,11 @@ class Bench:
         await self.reset_jobs()
         url, proc = await self.start_gateway("submit-api", "api", self.upstream_url)
         gateway = await self._measure("submit: gateway api", self.submit_call(url), proc)
+        await self.reset_jobs()
+        # The same process and table state, every request with a new Idempotency-Key.
+        idempotent = await self._measure(
+            "submit: gateway api, Idempotency-Key", self.submit_call(url, idempotent=True), proc
+        )
         self.procs.stop(proc)
         baseline = await self._measure(
             "submit: baseline", self.submit_call(self.baseline_url), self._baseline
@@ -190,14 +196,28 @@ class Bench:
         )
         self._show("group commit", grouped, cpu)
         await self.reset_jobs()
+        say(f"submit: group commit with Idempotency-Keys (no HTTP), {CLIENTS} submitters")
+        idem_cpu = CpuMeter()
+        grouped_idem = await group_commits(
+            self.database_url,
+            self.request,
+            duration=plan.duration,
+            submitters=CLIENTS,
+            meter=idem_cpu,
+            idempotent=True,
+        )
+        self._show("group commit, Idempotency-Key", grouped_idem, idem_cpu)
+        await self.reset_jobs()
         self.scenarios["submit"] = {
             "clients": CLIENTS,
             "body_bytes": len(self.body),
             "seconds": plan.duration,
             "gateway_api": gateway,
+            "gateway_api_idempotent": idempotent,
             "baseline": baseline,
             "raw_insert": raw_insert,
             "group_commit": {**grouped.summary(), "cpu": cpu.figures},
+            "group_commit_idempotent": {**grouped_idem.summary(), "cpu": idem_cpu.figures},
         }
 
     async def _measure(

@@ -13,7 +13,7 @@ import binascii
 from collections.abc import Mapping
 
 from asyncgate.errors import BadRequest, ClientError, Unauthorized
-from asyncgate.models.keys import KEY_PREFIX
+from asyncgate.models.keys import KEY_PREFIX, KeyIdentity
 from asyncgate.services import Services
 
 ALWAYS_KEY_HEADERS = ("x-bf-vk",)
@@ -55,10 +55,10 @@ def _basic_password(credentials: str) -> str:
     return decoded.partition(":")[2]
 
 
-async def resolve_owner(
+async def resolve_key(
     services: Services, headers: Mapping[str, str], invalid: ClientError
-) -> int | None:
-    """The id of the request's virtual key; None for an anonymous request.
+) -> KeyIdentity | None:
+    """The request's virtual key (its id and admin flag); None for an anonymous request.
 
     Raises ``invalid`` for an unknown, disabled or empty key, BadRequest for two different
     keys, and 401 for a request with no key at all when ``auth.required`` is on.
@@ -70,7 +70,16 @@ async def resolve_owner(
         return None
     if len(keys) > 1:
         raise BadRequest("the request carries two different virtual keys; send one")
-    key_id = await services.keys.lookup(keys.pop())
-    if key_id is None:
+    identity = await services.keys.lookup(keys.pop())
+    if identity is None:
         raise invalid
-    return key_id
+    return identity
+
+
+async def resolve_owner(
+    services: Services, headers: Mapping[str, str], invalid: ClientError
+) -> int | None:
+    """The id of the request's virtual key; None for an anonymous request (see
+    :func:`resolve_key`)."""
+    identity = await resolve_key(services, headers, invalid)
+    return None if identity is None else identity.id

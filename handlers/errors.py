@@ -19,6 +19,7 @@ from asyncgate.errors import GatewayError, error_body
 from asyncgate.handlers import render
 from asyncgate.models.committer import UnstorableRequest
 from asyncgate.models.database import UNAVAILABLE, DatabaseUnavailable
+from asyncgate.models.jobs import IdempotencyKeyReused, IdempotencyUnresolved
 
 log = logging.getLogger("asyncgate.http")
 
@@ -60,6 +61,19 @@ def unstorable(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     return _respond(400, str(exc))
 
 
+def idempotency_key_reused(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    assert isinstance(exc, IdempotencyKeyReused)
+    _refused(request, 422, str(exc))
+    return _respond(422, str(exc), param="Idempotency-Key")
+
+
+def idempotency_unresolved(_request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    """The job holding the key went away mid-submit; a retry finds the key free."""
+    return _respond(
+        503, "the request could not be committed; retry it", headers={"Retry-After": "1"}
+    )
+
+
 def problem(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     """Connexion's own validation problems (400 bad body or parameter, 415 content type)."""
     assert isinstance(exc, ProblemException)
@@ -98,6 +112,8 @@ def register(app: AsyncApp) -> None:
     app.add_error_handler(GatewayError, gateway_error)
     app.add_error_handler(DatabaseUnavailable, database_unavailable)
     app.add_error_handler(UnstorableRequest, unstorable)
+    app.add_error_handler(IdempotencyKeyReused, idempotency_key_reused)
+    app.add_error_handler(IdempotencyUnresolved, idempotency_unresolved)
     app.add_error_handler(ProblemException, problem)
     app.add_error_handler(HTTPException, http_error)
     for exc_class in (MultiPartException, UnicodeDecodeError, RecursionError, json.JSONDecodeError):

@@ -15,6 +15,7 @@ from asyncgate.handlers import render
 from asyncgate.handlers.auth import resolve_owner
 from asyncgate.handlers.context import headers, services
 from asyncgate.handlers.submission import (
+    IDEMPOTENCY_HEADER,
     TTL_HEADER,
     build_job,
     close_uploads,
@@ -46,10 +47,14 @@ def submit_handler(kind: Kind) -> Handler:
             owner_key_id=owner,
             ttl_seconds=parse_ttl(request_headers.get(TTL_HEADER), svc.settings.jobs),
             providers=svc.settings.providers,
+            idempotency_key=request_headers.get(IDEMPOTENCY_HEADER),
         )
-        created_at = await svc.committer.submit(job)
-        log.info("job %s kind=%s provider=%s pending", job.id, kind.value, job.provider)
-        return render.accepted(kind, job.id, created_at)
+        committed = await svc.committer.submit(job)
+        if committed.replayed:
+            log.info("job %s kind=%s replayed for its Idempotency-Key", committed.id, kind.value)
+        else:
+            log.info("job %s kind=%s provider=%s pending", job.id, kind.value, job.provider)
+        return render.accepted(kind, committed.id, committed.created_at, committed.replayed)
 
     submit.__name__ = KINDS[kind].submit_operation
     return submit

@@ -14,6 +14,7 @@ from connexion.resolver import Resolver
 
 from asyncgate.handlers.health import getHealth
 from asyncgate.handlers.jobs import poll_handler, submit_handler
+from asyncgate.handlers.listing import listAsyncJobs
 from asyncgate.kinds import KINDS
 
 Handler = Callable[..., Awaitable[Any]]
@@ -21,7 +22,7 @@ Handler = Callable[..., Awaitable[Any]]
 
 def operations() -> dict[str, Handler]:
     """operationId -> handler for the whole spec."""
-    table: dict[str, Handler] = {"getHealth": getHealth}
+    table: dict[str, Handler] = {"getHealth": getHealth, "listAsyncJobs": listAsyncJobs}
     for kind, info in KINDS.items():
         table[info.submit_operation] = submit_handler(kind)
         table[info.poll_operation] = poll_handler(kind)

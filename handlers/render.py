@@ -31,9 +31,15 @@ def json_response(body: Any, status_code: int, headers: dict[str, str] | None = 
     return Response(orjson.dumps(body), status_code=status_code, headers=headers, media_type=JSON)
 
 
-def accepted(kind: Kind, job_id: uuid.UUID, created_at: datetime) -> Response:
+def accepted(
+    kind: Kind, job_id: uuid.UUID, created_at: datetime, replayed: bool = False
+) -> Response:
+    """202 with the job envelope as first answered; a replay for an Idempotency-Key says so."""
     body = {"id": str(job_id), "status": JobStatus.PENDING, "created_at": timestamp(created_at)}
-    return json_response(body, 202, {"Location": f"{KINDS[kind].path}/{job_id}"})
+    headers = {"Location": f"{KINDS[kind].path}/{job_id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(body, 202, headers)
 
 
 def job(view: JobView, retry_after: int) -> Response:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from starlette.datastructures import UploadFile
 
 from asyncgate.config import JobsConfig, LimitsConfig
@@ -15,6 +17,20 @@ from asyncgate.models.jobs import NewFile, NewJob
 from asyncgate.routing import check_models
 
 TTL_HEADER = "x-bf-async-job-result-ttl"
+IDEMPOTENCY_HEADER = "idempotency-key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+def request_hash(kind: Kind, body: Mapping[str, Any], files: list[NewFile]) -> bytes:
+    """SHA-256 of a canonical form of the request: kind, body with sorted keys, and each file's
+    field, name, type and contents' digest, in upload order. Key order and whitespace of the
+    body do not change it; anything else does."""
+    canonical = [
+        kind.value,
+        body,
+        [[f.field, f.filename, f.content_type, hashlib.sha256(f.data).hexdigest()] for f in files],
+    ]
+    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).digest()
 
 
 def parse_ttl(raw: str | None, config: JobsConfig) -> int:
@@ -82,7 +98,9 @@ def build_job(
     owner_key_id: int | None,
     ttl_seconds: int,
     providers: Mapping[str, object],
+    idempotency_key: str | None = None,
 ) -> NewJob:
+    """The job for an accepted request, or BadRequest for what the spec cannot refuse."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     reject_streaming(kind, body)
@@ -104,4 +122,6 @@ def build_job(
         request=body,
         ttl_seconds=ttl_seconds,
         files=files,
+        idempotency_key=idempotency_key,
+        request_hash=None if idempotency_key is None else request_hash(kind, body, files),
     )

@@ -3,7 +3,8 @@
 - JSON bodies are parsed with orjson (strict UTF-8, bounded nesting) and each operation's
   compiled schema validator is built once instead of on every request.
 - The TTL header is left to the handler: the contract says a bad value means "use the default",
-  not "reject the request".
+  not "reject the request". Other headers (Idempotency-Key) are checked against their schema
+  by a validator compiled once per parameter.
 - A body that fails its schema is a 400 whose message names the field and what it must be
   (:mod:`asyncgate.handlers.problems`); nothing the client sent is echoed or logged.
 """
@@ -22,7 +23,7 @@ from connexion.validators import (
     MultiPartFormDataValidator,
     ParameterValidator,
 )
-from jsonschema import ValidationError
+from jsonschema import Draft4Validator, ValidationError
 from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartParser
 from starlette.types import Scope
@@ -31,14 +32,35 @@ from asyncgate.errors import BadRequest
 from asyncgate.handlers.problems import describe
 from asyncgate.handlers.submission import TTL_HEADER
 
+_HEADER_VALIDATORS: dict[int, tuple[dict[str, Any], Draft4Validator]] = {}
+
+
+def _header_validator(param: dict[str, Any]) -> Draft4Validator:
+    """The compiled validator of a header parameter's schema, built once per spec parameter
+    (Connexion copies the parameter and compiles its schema again on every request)."""
+    entry = _HEADER_VALIDATORS.get(id(param))
+    if entry is None or entry[0] is not param:
+        schema = param.get("schema", param)
+        entry = (param, Draft4Validator(schema, format_checker=Draft4Validator.FORMAT_CHECKER))
+        _HEADER_VALIDATORS[id(param)] = entry
+    return entry[1]
+
 
 class LenientTTLParameterValidator(ParameterValidator):
-    """Connexion's parameter validator, except for the TTL header (parsed by the handler)."""
+    """Connexion's parameter validator, except for the TTL header (parsed by the handler);
+    other headers are checked against their spec schema with a validator compiled once."""
 
     def validate_header_parameter(self, param: dict[str, Any], request: Any) -> Any:
         if param["name"].lower() == TTL_HEADER:
             return None
-        return super().validate_header_parameter(param, request)
+        value = request.headers.get(param["name"])
+        if value is None:
+            return super().validate_header_parameter(param, request)
+        try:
+            _header_validator(param).validate(value)
+        except ValidationError as exc:
+            return str(exc)
+        return None
 
 
 def cached_json_validator() -> type[JSONRequestBodyValidator]:

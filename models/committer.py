@@ -8,12 +8,11 @@ submissions, which answer 503.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
 
 import psycopg
 
 from asyncgate.models.batching import Batcher
-from asyncgate.models.jobs import JobStore, NewJob
+from asyncgate.models.jobs import Committed, JobStore, NewJob
 
 
 class UnstorableRequest(ValueError):
@@ -26,16 +25,17 @@ def group_committer(
     flushers: int = 3,
     max_batch: int = 256,
     on_commit: Callable[[], None] | None = None,
-) -> Batcher[NewJob, datetime]:
-    """A batcher whose ``submit(job)`` returns the job's ``created_at`` once it is committed.
+) -> Batcher[NewJob, Committed]:
+    """A batcher whose ``submit(job)`` returns the job's :class:`Committed` once it is committed
+    (or raises :class:`models.jobs.IdempotencyKeyReused`).
 
     ``on_commit`` runs after each committed batch: a worker in the same process uses it to
     wake at once instead of waiting for the NOTIFY round trip.
     """
 
-    async def insert(jobs: list[NewJob]) -> Sequence[datetime | BaseException]:
+    async def insert(jobs: list[NewJob]) -> Sequence[Committed | BaseException]:
         try:
-            created_at = await store.insert_batch(jobs)
+            answers = await store.insert_batch(jobs)
         except psycopg.DataError as exc:
             if len(jobs) == 1:
                 reason = exc.diag.message_primary or exc  # None when psycopg refused it itself
@@ -43,6 +43,6 @@ def group_committer(
             return [result for job in jobs for result in await insert([job])]
         if on_commit is not None:
             on_commit()
-        return [created_at] * len(jobs)
+        return answers
 
     return Batcher(insert, name="group-commit", flushers=flushers, max_batch=max_batch)

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -223,7 +223,9 @@ class Database:
                 log.warning("database unavailable: %s", exc.__class__.__name__)
             raise DatabaseUnavailable(UNAVAILABLE) from exc
 
-    async def read(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async def read(
+        self, query: str, params: Sequence[Any] | Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
         """Rows of a read-only query, tried once more on another connection when the one it got
         failed: after a database restart a pooled connection fails on first use, and a read is
         safe to repeat. (No second try when no connection could be had at all.)"""
@@ -236,7 +238,9 @@ class Database:
                 raise
             return await self._read(query, params)
 
-    async def _read(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async def _read(
+        self, query: str, params: Sequence[Any] | Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
         async with self.connection() as conn:
             cur = await conn.execute(query, params)
             return await cur.fetchall()

@@ -51,6 +51,42 @@ class NewJob:
     request: dict[str, Any]
     ttl_seconds: int
     files: list[NewFile] = field(default_factory=list)
+    idempotency_key: str | None = None
+    request_hash: bytes | None = None
+    """SHA-256 of the canonical request; set with ``idempotency_key``."""
+
+    @property
+    def idempotency_scope(self) -> tuple[int, str] | None:
+        """(owner, key) under which the key is unique; anonymous jobs share owner 0."""
+        if self.idempotency_key is None:
+            return None
+        return (self.owner_key_id or 0, self.idempotency_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A submission's job: the one just created, or, with ``replayed``, the first job of the
+    same Idempotency-Key and request."""
+
+    id: uuid.UUID
+    created_at: datetime
+    replayed: bool = False
+
+
+class IdempotencyKeyReused(Exception):
+    """The Idempotency-Key already names a job of a different request; nothing was stored."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            "this Idempotency-Key was already used with a different request "
+            "(kind, body or files); send a new key for a new request"
+        )
+        self.key = key
+
+
+class IdempotencyUnresolved(Exception):
+    """A conflicting Idempotency-Key's job vanished before it could be read (it was released
+    or swept in between); the submission may be retried."""
 
 
 @dataclass(slots=True)
@@ -67,6 +103,19 @@ class JobView:
     result_bytes: bytes | None
     result_content_type: str | None
     error: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """A job as a list shows it: its state, never its request or result."""
+
+    id: uuid.UUID
+    kind: Kind
+    status: JobStatus
+    created_at: datetime
+    completed_at: datetime | None
+    expires_at: datetime | None
+    status_code: int | None
 
 
 @dataclass(slots=True)
@@ -120,6 +169,64 @@ WITH inserted AS (
 SELECT count(*), max(created_at), pg_notify('{NOTIFY_CHANNEL}', '') FROM inserted
 """
 
+# The group-commit insert for a batch holding Idempotency-Keys, still one statement and one
+# round trip: rows whose (owner, key) exists are skipped (ON CONFLICT on the unique index),
+# inserted ordered by key so that concurrent batches wait on each other in one order, never in
+# a cycle. Answers one row with the inserted rows' created_at (submitted NULL), then one row
+# per row not inserted: the id, created_at and hash of the job holding its key and whether that
+# job is stale (its window passed or it expired: release it with RELEASE_IDEMPOTENCY_KEYS and
+# insert again), or NULLs when it committed after this statement's snapshot (read it with
+# RESOLVE_IDEMPOTENCY_KEYS). The lookup is LATERAL ... LIMIT 1 (the key is unique), which the
+# planner cannot flatten into a join: it probes async_jobs_idempotency_idx row by row.
+INSERT_IDEMPOTENT_JOBS = f"""
+WITH rows AS (
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(
+        id uuid, kind text, owner_key_id bigint, provider text, model text, request jsonb,
+        ttl_seconds integer, idempotency_key text, request_hash text)
+),
+inserted AS (
+    INSERT INTO async_jobs (id, kind, owner_key_id, provider, model, request, ttl_seconds,
+                            idempotency_key, request_hash)
+    SELECT id, kind, owner_key_id, provider, model, request, ttl_seconds,
+           idempotency_key, decode(request_hash, 'hex')
+    FROM rows
+    ORDER BY coalesce(owner_key_id, 0), idempotency_key
+    ON CONFLICT (coalesce(owner_key_id, 0), idempotency_key)
+        WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, created_at
+),
+notified AS MATERIALIZED (SELECT pg_notify('{NOTIFY_CHANNEL}', ''))
+SELECT NULL::uuid, NULL::uuid, (SELECT max(created_at) FROM inserted), NULL::bytea, NULL::bool
+FROM notified
+UNION ALL
+SELECT r.id, h.id, h.created_at, h.request_hash,
+       h.created_at <= now() - make_interval(secs => %(window)s) OR h.expires_at <= now()
+FROM rows r
+LEFT JOIN LATERAL (
+    SELECT id, created_at, request_hash, expires_at FROM async_jobs
+    WHERE coalesce(owner_key_id, 0) = coalesce(r.owner_key_id, 0)
+      AND idempotency_key = r.idempotency_key
+    LIMIT 1
+) h ON true
+WHERE r.id NOT IN (SELECT id FROM inserted)
+"""
+
+# Free the keys of jobs found stale by INSERT_IDEMPOTENT_JOBS (window passed, or the job
+# expired), rechecked here, so that the key may name a new job.
+RELEASE_IDEMPOTENCY_KEYS = """
+UPDATE async_jobs SET idempotency_key = NULL, request_hash = NULL
+WHERE id = ANY(%(ids)s)
+  AND (created_at <= now() - make_interval(secs => %(window)s) OR expires_at <= now())
+"""
+
+# The jobs holding (owner, key) pairs the insert found taken by a batch that committed after
+# its snapshot; a new statement has a new snapshot that sees them.
+RESOLVE_IDEMPOTENCY_KEYS = """
+SELECT coalesce(j.owner_key_id, 0), j.idempotency_key, j.id, j.created_at, j.request_hash
+FROM unnest(%s::bigint[], %s::text[]) AS k(owner, key)
+JOIN async_jobs j ON coalesce(j.owner_key_id, 0) = k.owner AND j.idempotency_key = k.key
+"""
+
 # Files of the batch's multipart jobs, in the same transaction as their jobs.
 INSERT_FILES = """
 INSERT INTO async_job_files (job_id, position, field, filename, content_type, data)
@@ -138,6 +245,25 @@ WHERE id = %s AND kind = %s
   AND (owner_key_id IS NULL OR owner_key_id = %s)
   AND (expires_at IS NULL OR expires_at > now())
 """
+
+# Job list, newest first; id breaks ties (a batch shares one created_at), so the order is total
+# and a cursor (the last row's created_at and id) continues strictly after its page: jobs that
+# arrive meanwhile are newer and never shift a page. Expiry is enforced here as in polls.
+# {filters} takes LIST_FILTERS' fragments, so each combination is planned on its own, on
+# async_jobs_owner_list_idx for a key's jobs or async_jobs_list_idx for an admin's (backwards).
+LIST_JOBS = """
+SELECT id, kind, status, created_at, completed_at, expires_at, status_code
+FROM async_jobs
+WHERE (expires_at IS NULL OR expires_at > now()){filters}
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+"""
+LIST_FILTERS = {
+    "owner": " AND owner_key_id = %(owner)s",
+    "kind": " AND kind = %(kind)s",
+    "status": " AND status = %(status)s",
+    "after": " AND (created_at, id) < (%(after_at)s, %(after_id)s)",
+}
 
 # Claim the oldest pending jobs; SKIP LOCKED lets many workers claim at once without waiting.
 CLAIM = """
@@ -311,20 +437,134 @@ class JobStore:
     polls of them are answered from a small per-process cache, checked for expiry on every hit.
     """
 
-    def __init__(self, db: Database, *, cache_size: int = 10_000) -> None:
+    def __init__(
+        self, db: Database, *, cache_size: int = 10_000, idempotency_window_seconds: int = 86400
+    ) -> None:
         self.db = db
         self.cache_size = cache_size
+        self.idempotency_window_seconds = idempotency_window_seconds
         self._terminal: OrderedDict[tuple[uuid.UUID, Kind, int | None], JobView] = OrderedDict()
 
     # --- API side -------------------------------------------------------------------------
 
-    async def insert_batch(self, jobs: Sequence[NewJob]) -> datetime:
-        """Commit ``jobs`` (and their files) in one transaction; returns their ``created_at``."""
-        async with self.db.connection() as conn:
-            if not any(job.files for job in jobs):
-                return await self._insert(conn, jobs)  # one statement: atomic by itself
-            async with conn.transaction():
-                return await self._insert(conn, jobs)
+    async def insert_batch(self, jobs: Sequence[NewJob]) -> list[Committed | IdempotencyKeyReused]:
+        """Commit ``jobs`` (and their files) in one transaction; one answer per job, in order.
+
+        A job whose Idempotency-Key (for its owner) already names a job is not stored: it is
+        answered with that job, replayed, when the request is the same, and with
+        :class:`IdempotencyKeyReused` when it is not. Duplicates within the batch are
+        answered the same way from the first of them.
+        """
+        if not any(job.idempotency_key is not None for job in jobs):
+            async with self.db.connection() as conn:
+                if not any(job.files for job in jobs):
+                    created_at = await self._insert(conn, jobs)  # one statement: atomic
+                else:
+                    async with conn.transaction():
+                        created_at = await self._insert(conn, jobs)
+            return [Committed(job.id, created_at) for job in jobs]
+        leaders: dict[tuple[int, str], NewJob] = {}
+        for job in jobs:
+            scope = job.idempotency_scope
+            if scope is not None:
+                leaders.setdefault(scope, job)
+        unique = [
+            j for j in jobs if j.idempotency_scope is None or leaders[j.idempotency_scope] is j
+        ]
+        for attempt in range(3):
+            try:
+                async with self.db.connection() as conn:
+                    if not any(job.files for job in unique):
+                        winners = await self._insert_idempotent(conn, unique)
+                    else:
+                        async with conn.transaction():
+                            winners = await self._insert_idempotent(conn, unique)
+                break
+            except psycopg.errors.DeadlockDetected:
+                if attempt == 2:
+                    raise
+        answers: list[Committed | IdempotencyKeyReused] = []
+        for job in jobs:
+            winner_id, created_at, digest = winners[job.idempotency_scope or job.id]
+            if winner_id == job.id:
+                answers.append(Committed(job.id, created_at))
+            elif digest == job.request_hash:
+                answers.append(Committed(winner_id, created_at, replayed=True))
+            else:
+                assert job.idempotency_key is not None
+                answers.append(IdempotencyKeyReused(job.idempotency_key))
+        return answers
+
+    @staticmethod
+    def _rows(jobs: Sequence[NewJob]) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": str(j.id),
+                "kind": j.kind.value,
+                "owner_key_id": j.owner_key_id,
+                "provider": j.provider,
+                "model": j.model,
+                "request": j.request,
+                "ttl_seconds": j.ttl_seconds,
+                "idempotency_key": j.idempotency_key,
+                "request_hash": None if j.request_hash is None else j.request_hash.hex(),
+            }
+            for j in jobs
+        ]
+
+    async def _insert_idempotent(
+        self, conn: psycopg.AsyncConnection, jobs: Sequence[NewJob], *, again: bool = True
+    ) -> dict[Any, tuple[uuid.UUID, datetime, bytes | None]]:
+        """Insert; returns the winning job (id, created_at, request hash) of each job's
+        (owner, key) scope, or of its own id for a job without a key. Jobs whose key is held
+        by a stale job release it and are inserted once more (``again``)."""
+        params = {"rows": dumps(self._rows(jobs)), "window": self.idempotency_window_seconds}
+        cur = await conn.execute(INSERT_IDEMPOTENT_JOBS, params)
+        inserted_at: datetime | None = None
+        taken: dict[uuid.UUID, tuple[Any, Any, Any, Any]] = {}
+        for submitted, winner_id, created_at, digest, stale in await cur.fetchall():
+            if submitted is None:
+                inserted_at = created_at
+            else:
+                taken[submitted] = (winner_id, created_at, digest, stale)
+        winners: dict[Any, tuple[uuid.UUID, datetime, bytes | None]] = {}
+        unresolved: list[tuple[int, str]] = []
+        retry: list[NewJob] = []
+        stale_ids: list[uuid.UUID] = []
+        for job in jobs:
+            scope = job.idempotency_scope
+            if job.id not in taken:
+                assert inserted_at is not None
+                winners[scope or job.id] = (job.id, inserted_at, job.request_hash)
+                continue
+            assert scope is not None  # a job without a key is always inserted
+            winner_id, created_at, digest, stale = taken[job.id]
+            if winner_id is None:
+                unresolved.append(scope)
+            elif stale and again:
+                stale_ids.append(winner_id)
+                retry.append(job)
+            else:
+                winners[scope] = (winner_id, created_at, bytes(digest))
+        if unresolved:
+            cur = await conn.execute(
+                RESOLVE_IDEMPOTENCY_KEYS,
+                ([owner for owner, _ in unresolved], [key for _, key in unresolved]),
+            )
+            for owner, key, winner_id, created_at, digest in await cur.fetchall():
+                winners[(owner, key)] = (winner_id, created_at, bytes(digest))
+            missing = [scope for scope in unresolved if scope not in winners]
+            if missing:
+                raise IdempotencyUnresolved(f"{len(missing)} Idempotency-Key job(s) vanished")
+        inserted = [
+            job for job in jobs if winners.get(job.idempotency_scope or job.id, (0,))[0] == job.id
+        ]
+        await self._insert_files(conn, inserted)
+        if retry:
+            window = self.idempotency_window_seconds
+            await conn.execute(RELEASE_IDEMPOTENCY_KEYS, {"ids": stale_ids, "window": window})
+            winners.update(await self._insert_idempotent(conn, retry, again=False))
+        return winners
 
     @staticmethod
     async def _insert(conn: psycopg.AsyncConnection, jobs: Sequence[NewJob]) -> datetime:
@@ -345,6 +585,11 @@ class JobStore:
         if row is None or row[0] != len(jobs):
             raise RuntimeError(f"batch insert wrote {row and row[0]} of {len(jobs)} jobs")
         created_at: datetime = row[1]
+        await JobStore._insert_files(conn, jobs)
+        return created_at
+
+    @staticmethod
+    async def _insert_files(conn: psycopg.AsyncConnection, jobs: Sequence[NewJob]) -> None:
         files = [(j.id, pos, f) for j in jobs for pos, f in enumerate(j.files)]
         if files:
             await conn.execute(
@@ -358,7 +603,6 @@ class JobStore:
                     [f.data for _, _, f in files],
                 ),
             )
-        return created_at
 
     async def get(self, job_id: uuid.UUID, kind: Kind, key_id: int | None) -> JobView | None:
         """The job as its owner (or anyone, for a public job) may see it; None if not visible."""
@@ -380,6 +624,38 @@ class JobStore:
             if len(self._terminal) > self.cache_size:
                 self._terminal.popitem(last=False)
         return view
+
+    async def list_jobs(
+        self,
+        *,
+        owner: int | None,
+        kind: Kind | None = None,
+        status: JobStatus | None = None,
+        limit: int = 20,
+        after: tuple[datetime, uuid.UUID] | None = None,
+    ) -> list[JobSummary]:
+        """Up to ``limit`` live jobs of ``owner`` (every owner's for None), newest first,
+        strictly after the cursor ``after`` (a listed job's created_at and id)."""
+        params: dict[str, Any] = {
+            "limit": limit,
+            "owner": owner,
+            "kind": None if kind is None else kind.value,
+            "status": None if status is None else status.value,
+        }
+        if after is not None:
+            params["after_at"], params["after_id"] = after
+        filters = "".join(
+            LIST_FILTERS[name]
+            for name, value in (
+                ("owner", owner),
+                ("kind", kind),
+                ("status", status),
+                ("after", after),
+            )
+            if value is not None
+        )
+        rows = await self.db.read(LIST_JOBS.format(filters=filters), params)
+        return [JobSummary(r[0], Kind(r[1]), JobStatus(r[2]), *r[3:]) for r in rows]
 
     # --- worker side ----------------------------------------------------------------------
 

@@ -25,10 +25,21 @@ KEY_FORM = re.compile(r"sk-bf-[A-Za-z0-9_-]{43}")
 
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
+    """A key as ``asyncgate keys list`` shows it."""
+
     id: int
     name: str
     created_at: datetime
     disabled_at: datetime | None
+    is_admin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KeyIdentity:
+    """Who an enabled key is: the id that owns its jobs, and whether it may list every job."""
+
+    id: int
+    is_admin: bool
 
 
 def hash_key(key: str) -> bytes:
@@ -36,15 +47,17 @@ def hash_key(key: str) -> bytes:
 
 
 # Create a key: only the hash is written.
-INSERT_KEY = "INSERT INTO virtual_keys (name, key_hash) VALUES (%s, %s) RETURNING id"
+INSERT_KEY = "INSERT INTO virtual_keys (name, key_hash, is_admin) VALUES (%s, %s, %s) RETURNING id"
 # For `asyncgate keys list`.
-LIST_KEYS = "SELECT id, name, created_at, disabled_at FROM virtual_keys ORDER BY id"
+LIST_KEYS = "SELECT id, name, created_at, disabled_at, is_admin FROM virtual_keys ORDER BY id"
 # Disable by name; disabled keys stop owning and reading jobs.
 DISABLE_KEY = """
 UPDATE virtual_keys SET disabled_at = coalesce(disabled_at, now()) WHERE name = %s RETURNING id
 """
 # Authenticate: the hash is the lookup; the stored hash is compared again in constant time.
-FIND_KEY = "SELECT id, key_hash FROM virtual_keys WHERE key_hash = %s AND disabled_at IS NULL"
+FIND_KEY = """
+SELECT id, key_hash, is_admin FROM virtual_keys WHERE key_hash = %s AND disabled_at IS NULL
+"""
 
 
 class DuplicateKeyName(Exception):
@@ -69,15 +82,16 @@ class KeyStore:
     ) -> None:
         self.db = db
         self.cache_seconds = cache_seconds
-        self._hits = _Lru[int](max_hits)
+        self._hits = _Lru[KeyIdentity](max_hits)
         self._misses = _Lru[None](max_misses)
 
-    async def create(self, name: str) -> tuple[int, str]:
-        """Make a key named ``name``; returns its id and the key, which is shown only this once."""
+    async def create(self, name: str, *, admin: bool = False) -> tuple[int, str]:
+        """Make a key named ``name`` (an admin key with ``admin``); returns its id and the key,
+        which is shown only this once."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         async with self.db.connection() as conn:
             try:
-                cur = await conn.execute(INSERT_KEY, (name, hash_key(key)))
+                cur = await conn.execute(INSERT_KEY, (name, hash_key(key), admin))
             except psycopg.errors.UniqueViolation as exc:
                 raise DuplicateKeyName(name) from exc
             row = await cur.fetchone()
@@ -95,8 +109,9 @@ class KeyStore:
             cur = await conn.execute(DISABLE_KEY, (name,))
             return await cur.fetchone() is not None
 
-    async def lookup(self, key: str) -> int | None:
-        """The id of an enabled key, or None for an unknown, disabled or malformed one."""
+    async def lookup(self, key: str) -> KeyIdentity | None:
+        """The id and admin flag of an enabled key; None for an unknown, disabled or malformed
+        one."""
         if not KEY_FORM.fullmatch(key):
             return None
         digest = hash_key(key)
@@ -108,14 +123,18 @@ class KeyStore:
             return None
         rows = await self.db.read(FIND_KEY, (digest,))
         row = rows[0] if rows else None
-        key_id = row[0] if row is not None and hmac.compare_digest(bytes(row[1]), digest) else None
+        identity = (
+            KeyIdentity(row[0], row[2])
+            if row is not None and hmac.compare_digest(bytes(row[1]), digest)
+            else None
+        )
         if self.cache_seconds > 0:
             expires = now + self.cache_seconds
-            if key_id is None:
+            if identity is None:
                 self._misses.put(digest, None, expires)
             else:
-                self._hits.put(digest, key_id, expires)
-        return key_id
+                self._hits.put(digest, identity, expires)
+        return identity
 
 
 class _Lru(Generic[V]):

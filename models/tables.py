@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -70,6 +71,13 @@ virtual_keys = Table(
         "disabled_at",
         DateTime(timezone=True),
         comment="When the key was disabled; a disabled key is treated as unknown.",
+    ),
+    Column(
+        "is_admin",
+        Boolean,
+        nullable=False,
+        server_default=text("false"),
+        comment="An admin key lists every job, not only its own; it polls like any other key.",
     ),
     CheckConstraint("octet_length(key_hash) = 32", name="key_hash_length"),
     comment="Virtual keys (sk-bf-...) that own jobs; only their hashes are kept.",
@@ -143,6 +151,22 @@ async_jobs = Table(
         DateTime(timezone=True),
         comment="completed_at + ttl_seconds; after it polls answer 404 and the sweeper deletes.",
     ),
+    Column(
+        "idempotency_key",
+        Text,
+        comment=(
+            "Idempotency-Key of the submit, unique per owner while it holds; cleared when its "
+            "window has passed or the job expired, so the key may be used again."
+        ),
+    ),
+    Column(
+        "request_hash",
+        LargeBinary,
+        comment=(
+            "SHA-256 of the canonical request (kind, body, files) sent with idempotency_key; a "
+            "reuse of the key with another request is refused."
+        ),
+    ),
     CheckConstraint(f"kind IN ({_kinds_sql})", name="kind"),
     CheckConstraint(f"status IN ({_statuses_sql})", name="status"),
     CheckConstraint("ttl_seconds > 0", name="ttl_positive"),
@@ -162,6 +186,14 @@ async_jobs = Table(
     ),
     CheckConstraint("status <> 'failed' OR error IS NOT NULL", name="failed_has_error"),
     CheckConstraint("status <> 'pending' OR lease_expires_at IS NULL", name="pending_has_no_lease"),
+    CheckConstraint(
+        "char_length(idempotency_key) >= 1 AND char_length(idempotency_key) <= 255",
+        name="idempotency_key_length",
+    ),
+    CheckConstraint("octet_length(request_hash) = 32", name="request_hash_length"),
+    CheckConstraint(
+        "(idempotency_key IS NULL) = (request_hash IS NULL)", name="idempotency_has_hash"
+    ),
     Index(
         "async_jobs_pending_idx",
         "created_at",
@@ -176,6 +208,17 @@ async_jobs = Table(
         "async_jobs_expires_idx",
         "expires_at",
         postgresql_where=text("expires_at IS NOT NULL"),
+    ),
+    # The job list reads newest first (created_at DESC, id DESC): a backward scan of these.
+    Index("async_jobs_owner_list_idx", "owner_key_id", "created_at", "id"),
+    Index("async_jobs_list_idx", "created_at", "id"),
+    # Anonymous jobs (owner NULL) share owner 0: identity ids start at 1.
+    Index(
+        "async_jobs_idempotency_idx",
+        text("coalesce(owner_key_id, 0)"),
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
     ),
     comment="One row per async inference job, from submit until the sweeper deletes it.",
 )

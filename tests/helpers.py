@@ -106,14 +106,14 @@ def with_store(database_url: str, action: Callable[[JobStore], Awaitable[T]]) ->
     return asyncio.run(main())
 
 
-def create_key(database_url: str, name: str) -> str:
+def create_key(database_url: str, name: str, *, admin: bool = False) -> str:
     """A new virtual key made through the real KeyStore; returns the key itself."""
 
     async def main() -> str:
         db = Database(database_url, pool_size=1)
         await db.open()
         try:
-            _, key = await KeyStore(db).create(name)
+            _, key = await KeyStore(db).create(name, admin=admin)
             return key
         finally:
             await db.close()

@@ -83,7 +83,10 @@ def test_keys_create_list_disable(
     listed = asyncgate(config, "keys", "list")
     assert listed.returncode == 0, listed.stderr
     lines = [line.split("\t") for line in listed.stdout.splitlines()]
-    assert [(line[1], line[3]) for line in lines] == [("alice", "active"), ("bob", "active")]
+    assert [(line[1], line[3], line[4]) for line in lines] == [
+        ("alice", "active", "key"),
+        ("bob", "active", "key"),
+    ]
     for key in created.values():
         assert key not in listed.stdout + listed.stderr
         assert key.removeprefix("sk-bf-")[:12] not in listed.stdout + listed.stderr
@@ -153,3 +156,19 @@ def test_config_may_follow_the_command(tmp_path: Path, database_url: str) -> Non
     assert done.stdout.startswith("sk-bf-")
     listed = asyncgate(config, "keys", "list")
     assert "ivy" in listed.stdout
+
+
+def test_keys_create_admin(tmp_path: Path, database_url: str, sql: Sql) -> None:
+    config = config_for(tmp_path, database_url)
+    plain = asyncgate(config, "keys", "create", "carol")
+    admin = asyncgate(config, "keys", "create", "root", "--admin")
+    assert plain.returncode == 0 and admin.returncode == 0, admin.stderr
+    assert "admin key 'root' created" in admin.stderr
+    assert "admin" not in plain.stderr
+    assert sql("SELECT name, is_admin FROM virtual_keys ORDER BY id") == [
+        ("carol", False),
+        ("root", True),
+    ]
+    listed = asyncgate(config, "keys", "list")
+    roles = {line.split("\t")[1]: line.split("\t")[4] for line in listed.stdout.splitlines()}
+    assert roles == {"carol": "key", "root": "admin"}

@@ -46,6 +46,7 @@ def test_defaults_without_file_or_environment() -> None:
     assert settings.database.url is None
     assert settings.providers == {}
     assert settings.jobs.default_ttl == 3600
+    assert settings.jobs.idempotency_window_seconds == 86400
     assert settings.database.startup_timeout_seconds == 60.0
 
 
@@ -153,6 +154,9 @@ def test_secrets_never_show(tmp_path: Path) -> None:
         ("[worker]\nmax_attempts = 0\n", {}, "worker.max_attempts"),
         ("[jobs]\ndefault_ttl = 700\nmax_ttl = 600\n", {}, "jobs.default_ttl"),
         ("[jobs]\ndefault_ttl = 0\n", {}, "jobs.default_ttl"),
+        ("[jobs]\nidempotency_window_seconds = 0\n", {}, "jobs.idempotency_window_seconds"),
+        ("[jobs]\nidempotency_window_seconds = 31536001\n", {}, "idempotency_window_seconds"),
+        ("", {"ASYNCGATE_JOBS_IDEMPOTENCY_WINDOW_SECONDS": "a day"}, "idempotency_window"),
         ("[database]\nstartup_timeout_seconds = -1\n", {}, "database.startup_timeout_seconds"),
         ("", {"ASYNCGATE_DATABASE_STARTUP_TIMEOUT_SECONDS": "soon"}, "startup_timeout_seconds"),
         ("[database]\nconnect_timeout = 0\n", {}, "database.connect_timeout"),

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from asyncgate.handlers.listing import LIST_PATH
 from asyncgate.handlers.operations import operations
 from asyncgate.kinds import KINDS, Body
 from asyncgate.resources import spec_dir
@@ -51,7 +52,19 @@ def test_every_kind_has_its_two_operations_in_the_spec() -> None:
 def test_the_spec_has_no_job_path_the_kinds_table_does_not_know() -> None:
     job_paths = {p for p in spec_paths() if p.startswith("/v1/async/")}
     from_table = {p for info in KINDS.values() for p in (info.path, f"{info.path}/{{job_id}}")}
-    assert job_paths == from_table
+    assert job_paths == from_table | {LIST_PATH}
+    assert spec_paths()[LIST_PATH]["get"]["operationId"] == "listAsyncJobs"
+
+
+def test_the_spec_enums_are_the_kinds_and_statuses() -> None:
+    schemas = yaml.safe_load((spec_dir() / "schemas" / "async.yaml").read_text())
+    assert schemas["AsyncJobKind"]["enum"] == [k.value for k in KINDS]
+    assert schemas["AsyncJobStatus"]["enum"] == [s.value for s in JobStatus]
+    # The list's status filter names that one enum instead of repeating it.
+    parameters = yaml.safe_load((spec_dir() / "parameters" / "async.yaml").read_text())
+    assert parameters["AsyncJobStatusFilter"]["schema"] == {
+        "$ref": "../schemas/async.yaml#/AsyncJobStatus"
+    }
 
 
 def test_every_operation_is_bound_and_every_binding_is_in_the_spec() -> None:

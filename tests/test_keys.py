@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from asyncgate.models.database import Database
-from asyncgate.models.keys import KeyStore
+from asyncgate.models.keys import KeyIdentity, KeyStore
 from tests.conftest import Gateway
 from tests.helpers import (
     CHAT,
@@ -224,7 +224,7 @@ def test_a_flood_of_unknown_keys_cannot_evict_a_known_one(database_url: str, sql
     would refuse it), and a malformed value never reaches the database."""
     key = create_key(database_url, "hank")
 
-    async def flood() -> tuple[int | None, int | None, int | None]:
+    async def flood() -> tuple[KeyIdentity | None, KeyIdentity | None, KeyIdentity | None]:
         db = Database(database_url, pool_size=2)
         await db.open()
         try:
@@ -241,4 +241,5 @@ def test_a_flood_of_unknown_keys_cannot_evict_a_known_one(database_url: str, sql
 
     first, cached, fresh = run(flood)
     assert first is not None and cached == first
+    assert first.is_admin is False
     assert fresh is None

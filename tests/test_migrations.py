@@ -196,6 +196,18 @@ BAD_ROWS = {
     "ttl_seconds, lease_owner, lease_expires_at) VALUES (gen_random_uuid(), 'embedding', 'p', "
     "'p/m', '{}', 60, 'w', now())",
     "short-key-hash": "INSERT INTO virtual_keys (name, key_hash) VALUES ('k', '\\x0102')",
+    "empty-idempotency-key": "INSERT INTO async_jobs (id, kind, provider, model, request, "
+    "ttl_seconds, idempotency_key, request_hash) VALUES (gen_random_uuid(), 'embedding', 'p', "
+    "'p/m', '{}', 60, '', sha256('x'))",
+    "long-idempotency-key": "INSERT INTO async_jobs (id, kind, provider, model, request, "
+    "ttl_seconds, idempotency_key, request_hash) VALUES (gen_random_uuid(), 'embedding', 'p', "
+    "'p/m', '{}', 60, repeat('k', 256), sha256('x'))",
+    "short-request-hash": "INSERT INTO async_jobs (id, kind, provider, model, request, "
+    "ttl_seconds, idempotency_key, request_hash) VALUES (gen_random_uuid(), 'embedding', 'p', "
+    "'p/m', '{}', 60, 'k', '\\x0102')",
+    "idempotency-key-without-hash": "INSERT INTO async_jobs (id, kind, provider, model, "
+    "request, ttl_seconds, idempotency_key) VALUES (gen_random_uuid(), 'embedding', 'p', 'p/m', "
+    "'{}', 60, 'k')",
 }
 
 
@@ -247,3 +259,46 @@ def test_rerank_and_ocr_kinds_migrate_up_and_down(empty_database: str) -> None:
     with pytest.raises(psycopg.errors.CheckViolation):
         query(empty_database, insert, "ocr")
     query(empty_database, insert, "chat_completion")
+
+
+def test_0005_admin_keys_list_indexes_and_idempotency(empty_database: str) -> None:
+    insert = (
+        "INSERT INTO async_jobs (id, kind, provider, model, request, ttl_seconds, owner_key_id, "
+        "idempotency_key, request_hash) VALUES (gen_random_uuid(), 'embedding', 'p', 'p/m', "
+        "'{}', 60, %s, %s, sha256('r')) RETURNING id"
+    )
+    migrate.upgrade(empty_database, "0003")
+    query(
+        empty_database,
+        "INSERT INTO virtual_keys (name, key_hash) VALUES ('old', sha256('o')) RETURNING id",
+    )
+    migrate.upgrade(empty_database, "0005")
+    # Keys made before 0005 are not admins.
+    assert query(empty_database, "SELECT name, is_admin FROM virtual_keys") == [("old", False)]
+    [(key_id,)] = query(empty_database, "SELECT id FROM virtual_keys")
+    query(empty_database, insert, None, "same")
+    query(empty_database, insert, key_id, "same")  # another owner: no conflict
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        query(empty_database, insert, None, "same")
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        query(empty_database, insert, key_id, "same")
+    comments = query(
+        empty_database,
+        "SELECT c.relname, obj_description(c.oid, 'pg_class') FROM pg_class c "
+        "WHERE c.relname LIKE 'async_jobs_%%idx' AND c.relname IN "
+        "('async_jobs_owner_list_idx', 'async_jobs_list_idx', 'async_jobs_idempotency_idx')",
+    )
+    assert len(comments) == 3 and all(comment for _, comment in comments), comments
+
+    migrate.downgrade(empty_database, "0003")
+    columns = {
+        row[0]
+        for row in query(
+            empty_database,
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name IN ('async_jobs', 'virtual_keys')",
+        )
+    }
+    assert not columns & {"is_admin", "idempotency_key", "request_hash"}
+    assert not relations(empty_database) & {"async_jobs_list_idx", "async_jobs_idempotency_idx"}
+    assert query(empty_database, "SELECT count(*) FROM async_jobs") == [(2,)]
