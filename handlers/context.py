@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from connexion.context import scope
+from connexion.context import receive, scope
 from starlette.datastructures import Headers
 from starlette.types import Scope
 
@@ -26,3 +26,10 @@ def services() -> Services:
 
 def headers() -> Headers:
     return Headers(scope=_current_scope())
+
+
+async def disconnected() -> None:
+    """Return once the client of the current request has gone away (its request body, if any,
+    was already read by then and is skipped)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
