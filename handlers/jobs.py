@@ -17,11 +17,13 @@ from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.responses import Response
+from starlette.types import Receive
 
 from asyncgate.errors import JOB_NOT_FOUND, BadRequest, Conflict, NotFound, cancelled_error
 from asyncgate.handlers import render
 from asyncgate.handlers.auth import resolve_owner
-from asyncgate.handlers.context import disconnected, headers, services
+from asyncgate.handlers.context import current_receive, disconnected, headers, services
+from asyncgate.handlers.hold import defer
 from asyncgate.handlers.prefer import APPLIED_HEADER, PREFER_HEADER, applied_wait
 from asyncgate.handlers.submission import (
     TTL_HEADER,
@@ -64,11 +66,11 @@ def submit_handler(kind: Kind) -> Handler:
         wait = _wait(svc, request_headers)
         if wait is None:
             return render.accepted(kind, job.id, created_at)
-        view = await _held(svc, kind, job.id, owner, wait)
+        retry_after = svc.settings.jobs.retry_after
         extra = {"Location": render.location(kind, job.id), APPLIED_HEADER: f"wait={wait}"}
-        if view is None:  # expired within the wait (a TTL shorter than it) or the client left
-            return render.accepted(kind, job.id, created_at)
-        return render.job(view, svc.settings.jobs.retry_after, extra)
+        now = {APPLIED_HEADER: f"wait={wait}", "Retry-After": str(retry_after)}
+        first = render.accepted(kind, job.id, created_at, now)
+        return await _hold(svc, kind, job.id, owner, wait, extra, first, missing=first)
 
     submit.__name__ = KINDS[kind].submit_operation
     return submit
@@ -82,16 +84,18 @@ def poll_handler(kind: Kind) -> Handler:
         request_headers = headers()
         owner = await resolve_owner(svc, request_headers, NotFound(JOB_NOT_FOUND))
         parsed = _job_id(job_id)
-        wait = _wait(svc, request_headers)
-        if wait is None:
-            view = await svc.jobs.get(parsed, kind, owner)
-            extra = None
-        else:
-            view = await _held(svc, kind, parsed, owner, wait)
-            extra = {APPLIED_HEADER: f"wait={wait}"}
+        view = await svc.jobs.get(parsed, kind, owner)
         if view is None:
             raise NotFound(JOB_NOT_FOUND)
-        return render.job(view, svc.settings.jobs.retry_after, extra)
+        wait = _wait(svc, request_headers)
+        if wait is None:
+            return render.job(view, svc.settings.jobs.retry_after)
+        extra = {APPLIED_HEADER: f"wait={wait}"}
+        first = render.job(view, svc.settings.jobs.retry_after, extra)
+        if view.status.terminal:
+            return first
+        missing = render.error(404, JOB_NOT_FOUND)
+        return await _hold(svc, kind, parsed, owner, wait, extra, first, missing=missing)
 
     poll.__name__ = KINDS[kind].poll_operation
     return poll
@@ -131,19 +135,43 @@ def _wait(svc: Services, request_headers: Headers) -> int | None:
     return applied_wait(request_headers.getlist(PREFER_HEADER), svc.settings.jobs.max_wait_seconds)
 
 
-async def _held(
-    svc: Services, kind: Kind, job_id: uuid.UUID, owner: int | None, wait: int
+async def _hold(
+    svc: Services,
+    kind: Kind,
+    job_id: uuid.UUID,
+    owner: int | None,
+    wait: int,
+    extra: dict[str, str],
+    first: Response,
+    *,
+    missing: Response,
+) -> Response:
+    """Answer once the job is terminal or after ``wait`` seconds, as a poll would (``missing``
+    if the job is no longer visible then); ``first`` is the answer as it stands now. The waiting
+    happens after the framework has returned (:mod:`asyncgate.handlers.hold`) where it can."""
+
+    async def answer(channel: Receive) -> Response:
+        view = await _waited(svc, kind, job_id, owner, wait, channel)
+        if view is None:
+            return missing
+        return render.job(view, svc.settings.jobs.retry_after, extra)
+
+    if wait <= 0 or defer(answer):
+        return first
+    return await answer(current_receive())
+
+
+async def _waited(
+    svc: Services, kind: Kind, job_id: uuid.UUID, owner: int | None, wait: int, channel: Receive
 ) -> JobView | None:
-    """The job once terminal or after ``wait`` seconds, as a poll reads it; if the client goes
-    away first, the wait (and its waiter) ends there and the job is read once more."""
+    """The job once terminal or after ``wait`` seconds, as a poll reads it; None if the client
+    went away first (its waiter is removed at once) or the job is no longer visible."""
 
     async def read() -> JobView | None:
         return await svc.jobs.get(job_id, kind, owner)
 
-    if wait <= 0:
-        return await read()
     waiting = asyncio.ensure_future(svc.events.wait_terminal(job_id, read, wait))
-    gone = asyncio.ensure_future(disconnected())
+    gone = asyncio.ensure_future(disconnected(channel))
     try:
         await asyncio.wait((waiting, gone), return_when=asyncio.FIRST_COMPLETED)
     finally:

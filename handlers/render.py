@@ -36,9 +36,12 @@ def location(kind: Kind, job_id: uuid.UUID) -> str:
     return f"{KINDS[kind].path}/{job_id}"
 
 
-def accepted(kind: Kind, job_id: uuid.UUID, created_at: datetime) -> Response:
+def accepted(
+    kind: Kind, job_id: uuid.UUID, created_at: datetime, headers: dict[str, str] | None = None
+) -> Response:
+    """202 for a job just stored; ``headers`` are added to its ``Location``."""
     body = {"id": str(job_id), "status": JobStatus.PENDING, "created_at": timestamp(created_at)}
-    return json_response(body, 202, {"Location": location(kind, job_id)})
+    return json_response(body, 202, {"Location": location(kind, job_id), **(headers or {})})
 
 
 def job(view: JobView, retry_after: int, headers: dict[str, str] | None = None) -> Response:
