@@ -217,9 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     name = "waiters.json" if args.batch == BATCH else f"waiters-batch{args.batch}.json"
     (out / name).write_text(json.dumps(figures, indent=2) + "\n")
     print(report(figures), flush=True)
-    say(
-        f"{'all goals met' if figures['passed'] else 'goals missed'}; figures in {out}/waiters.json"
-    )
+    verdict = "all goals met" if figures["passed"] else "goals missed"
+    say(f"{verdict}; figures in {out / name}")
     return 0
 
 
