@@ -150,6 +150,9 @@ def test_secrets_never_show(tmp_path: Path) -> None:
         ("[worker]\nmax_attempts = 0\n", {}, "worker.max_attempts"),
         ("[jobs]\ndefault_ttl = 700\nmax_ttl = 600\n", {}, "jobs.default_ttl"),
         ("[jobs]\ndefault_ttl = 0\n", {}, "jobs.default_ttl"),
+        ("[jobs]\nmax_wait_seconds = -1\n", {}, "jobs.max_wait_seconds"),
+        ("[jobs]\nmax_wait_seconds = 3601\n", {}, "jobs.max_wait_seconds"),
+        ("", {"ASYNCGATE_JOBS_MAX_WAIT_SECONDS": "1.5"}, "jobs.max_wait_seconds"),
         ("[database]\nstartup_timeout_seconds = -1\n", {}, "database.startup_timeout_seconds"),
         ("", {"ASYNCGATE_DATABASE_STARTUP_TIMEOUT_SECONDS": "soon"}, "startup_timeout_seconds"),
         ("[database]\nconnect_timeout = 0\n", {}, "database.connect_timeout"),
@@ -167,3 +170,11 @@ def test_missing_config_file(tmp_path: Path) -> None:
     missing = tmp_path / "absent.toml"
     with pytest.raises(ConfigError, match=r"absent\.toml"):
         load_settings(missing, environ={})
+
+
+def test_max_wait_seconds_defaults_to_a_minute_and_is_read_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(write(tmp_path, ""), environ={}).jobs.max_wait_seconds == 60
+    env = {"ASYNCGATE_JOBS_MAX_WAIT_SECONDS": "5"}
+    assert load_settings(write(tmp_path, ""), environ=env).jobs.max_wait_seconds == 5

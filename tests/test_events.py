@@ -71,7 +71,7 @@ def test_the_wait_is_capped_by_the_setting(gateway_factory: Callable[..., Gatewa
 def test_a_malformed_or_absent_wait_is_ignored(
     gateway: Gateway, prefer: str, database_url: str
 ) -> None:
-    job_id = insert_job(database_url)
+    job_id = insert_job(database_url, model="fake/delay-30")
     response = gateway.poll(CHAT, job_id, headers={"Prefer": prefer})
     assert response.status_code == 202, response.text
     assert "Preference-Applied" not in response.headers
@@ -80,7 +80,7 @@ def test_a_malformed_or_absent_wait_is_ignored(
 def test_the_first_wait_counts_and_quoted_values_are_read(
     gateway: Gateway, database_url: str
 ) -> None:
-    job_id = insert_job(database_url)
+    job_id = insert_job(database_url, model="fake/delay-30")
     response = gateway.poll(CHAT, job_id, headers={"Prefer": 'return=minimal, WAIT="0", wait=9'})
     assert response.status_code == 202
     assert response.headers["Preference-Applied"] == "wait=0"
@@ -121,7 +121,7 @@ def test_unknown_jobs_still_answer_404_when_waited_on(gateway: Gateway) -> None:
 
 
 def test_a_client_that_disconnects_leaves_no_waiter(gateway: Gateway, database_url: str) -> None:
-    job_id = insert_job(database_url)
+    job_id = insert_job(database_url, model="fake/delay-30")
     events = events_of(gateway)
     with socket.create_connection(("127.0.0.1", gateway.port)) as client:
         client.sendall(
