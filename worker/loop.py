@@ -240,7 +240,7 @@ class Worker:
         running = self.running.get(job_id)
         if running is None or running.finishing or running.task.done():
             return
-        log.info("job %s ended elsewhere (cancelled); upstream request aborted", job_id)
+        log.info("job %s ended elsewhere (cancelled or finished); upstream request aborted", job_id)
         running.task.cancel()
 
     # --- leases ---------------------------------------------------------------------------
