@@ -19,6 +19,7 @@ from connexion.resolver import Resolver
 
 from asyncgate.config import LimitsConfig, Settings
 from asyncgate.handlers import errors, operations
+from asyncgate.handlers.hold import HoldMiddleware
 from asyncgate.handlers.limits import BodyLimitMiddleware
 from asyncgate.handlers.validation import validator_map
 from asyncgate.resources import spec_dir
@@ -63,6 +64,8 @@ def connexion_app(
     app.add_middleware(
         BodyLimitMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, limits=limits
     )
+    # Outermost, so that a held long-poll keeps none of the layers inside it alive.
+    app.add_middleware(HoldMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION)
     app.add_api(
         "openapi.yaml",
         validator_map=validator_map(),

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "ASYNCGATE_"
+MAX_WAIT_LIMIT = 3600
+"""Upper bound of ``jobs.max_wait_seconds``: a request held longer is a connection problem."""
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
@@ -96,6 +98,9 @@ class JobsConfig:
     """``Retry-After`` seconds suggested to clients polling an unfinished job."""
     idempotency_window_seconds: int = 86400
     """How long an Idempotency-Key names its first job; afterwards the key may be used again."""
+    max_wait_seconds: int = 60
+    """Longest ``Prefer: wait=N`` honoured on a poll or submit; larger waits are cut to it
+    (0 turns long-polling off)."""
 
 
 @dataclass(frozen=True)
@@ -417,6 +422,8 @@ def _check(settings: Settings) -> None:
         problems.append("jobs.idempotency_window_seconds must be between 1 and 31536000")
     if settings.jobs.default_ttl > settings.jobs.max_ttl:
         problems.append("jobs.default_ttl must not exceed jobs.max_ttl")
+    if not 0 <= settings.jobs.max_wait_seconds <= MAX_WAIT_LIMIT:
+        problems.append(f"jobs.max_wait_seconds must be between 0 and {MAX_WAIT_LIMIT}")
     for name, provider in settings.providers.items():
         if not provider.base_url.startswith(("http://", "https://")):
             problems.append(f"providers.{name}.base_url must be an http(s) URL")

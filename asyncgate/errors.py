@@ -6,6 +6,7 @@ the ``BifrostError`` body.
         ├── BadRequest               400 invalid body, model, key, streaming
         ├── Unauthorized             401 no key while ``auth.required`` is on, or to list jobs
         ├── NotFound                 404 unknown, expired, foreign or malformed job id
+        ├── Conflict                 409 cancel of a job that already completed or failed
         └── PayloadTooLarge          413 body, upload or file-count limits
 
 A reused Idempotency-Key with another request is the store's own exception
@@ -21,10 +22,15 @@ from typing import Any
 
 JOB_NOT_FOUND = "job not found or expired"
 
+CANCELLED_STATUS_CODE = 499
+"""``status_code`` of a cancelled job (the "client closed request" convention): the client,
+not the upstream or the gateway, ended it."""
+
 ERROR_TYPES: dict[int, str] = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    409: "conflict_error",
     405: "method_not_allowed",
     408: "request_timeout",
     413: "request_too_large",
@@ -75,6 +81,13 @@ def error_body(
     return body
 
 
+def cancelled_error() -> dict[str, Any]:
+    """The ``error`` stored with a cancelled job (its ``extra_fields`` are added by the store)."""
+    return error_body(
+        CANCELLED_STATUS_CODE, "the job was cancelled by its client", error_type="job_cancelled"
+    )
+
+
 class GatewayError(Exception):
     """Base of every error the gateway answers on purpose, with its HTTP status."""
 
@@ -103,6 +116,10 @@ class Unauthorized(ClientError):
 
 class NotFound(ClientError):
     status_code = 404
+
+
+class Conflict(ClientError):
+    status_code = 409
 
 
 class PayloadTooLarge(ClientError):

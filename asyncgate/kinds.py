@@ -1,7 +1,8 @@
 """The kinds of inference job: the one table that says what each kind is.
 
-A kind's line names its two operations in the spec, its submit path (poll is that path plus
-``/{job_id}``), the path appended to a provider's base URL, how its body arrives, which files it
+A kind's line names its submit and poll operations in the spec (its cancel operation follows
+from the poll's name), its submit path (poll is that path plus ``/{job_id}``, cancel that plus
+``/cancel``), the path appended to a provider's base URL, how its body arrives, which files it
 needs, what counts as a streaming request, how its fallbacks are written and what its result
 is. The operations are bound from this table (:mod:`asyncgate.handlers.operations`), the
 database's CHECK constraint lists its values, and a test keeps the three in agreement.
@@ -101,6 +102,15 @@ class KindInfo:
     @property
     def multipart(self) -> bool:
         return self.body is Body.MULTIPART
+
+    @property
+    def cancel_operation(self) -> str:
+        """``getAsyncChatCompletionJob`` -> ``cancelAsyncChatCompletionJob``."""
+        return "cancel" + self.poll_operation.removeprefix("get")
+
+    @property
+    def cancel_path(self) -> str:
+        return f"{self.path}/{{job_id}}/cancel"
 
 
 KINDS: dict[Kind, KindInfo] = {

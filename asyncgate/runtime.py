@@ -1,7 +1,8 @@
 """Building and tearing down the shared resources, in dependency order.
 
-API side: pool -> stores -> group committer. Worker side: pool -> store -> notifications ->
-HTTP session -> upstream -> executor -> worker, plus the sweeper. Each is created here, passed
+API side: pool -> stores -> group committer -> completion events (one listening connection).
+Worker side: pool -> store -> notifications -> HTTP session -> upstream -> executor -> worker,
+plus the sweeper. Each is created here, passed
 explicitly to what needs it, and closed here in reverse order.
 """
 
@@ -16,6 +17,7 @@ import aiohttp
 from asyncgate.config import Settings
 from asyncgate.models.committer import group_committer
 from asyncgate.models.database import Database
+from asyncgate.models.events import JobEvents
 from asyncgate.models.jobs import JobStore
 from asyncgate.models.keys import KeyStore
 from asyncgate.models.notifications import JobNotifications
@@ -52,7 +54,9 @@ async def api_services(
     committer = group_committer(
         store, on_commit=local_worker.notifications.event.set if local_worker else None
     )
+    events = JobEvents(db.url, store)
     committer.start()
+    events.start()
     try:
         yield Services(
             settings=settings,
@@ -60,8 +64,10 @@ async def api_services(
             jobs=store,
             keys=KeyStore(db, cache_seconds=settings.auth.key_cache_seconds),
             committer=committer,
+            events=events,
         )
     finally:
+        await events.stop()
         await committer.stop()
 
 

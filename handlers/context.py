@@ -8,21 +8,34 @@ from __future__ import annotations
 
 from typing import cast
 
-from connexion.context import scope
+from connexion.context import receive, scope
 from starlette.datastructures import Headers
-from starlette.types import Scope
+from starlette.types import Receive, Scope
 
 from asyncgate.services import Services
 
 
-def _current_scope() -> Scope:
+def current_scope() -> Scope:
+    """The ASGI scope of the request being handled."""
     return cast(Scope, scope._get_current_object())
 
 
 def services() -> Services:
     """The services the app's lifespan created (see :mod:`asyncgate.app`)."""
-    return cast(Services, _current_scope()["state"]["services"])
+    return cast(Services, current_scope()["state"]["services"])
 
 
 def headers() -> Headers:
-    return Headers(scope=_current_scope())
+    return Headers(scope=current_scope())
+
+
+def current_receive() -> Receive:
+    """The ASGI ``receive`` of the request being handled."""
+    return cast(Receive, receive._get_current_object())
+
+
+async def disconnected(channel: Receive) -> None:
+    """Return once the client of a request has gone away (its request body, if any, was read
+    before and is skipped)."""
+    while (await channel())["type"] != "http.disconnect":
+        pass

@@ -31,26 +31,39 @@ def json_response(body: Any, status_code: int, headers: dict[str, str] | None = 
     return Response(orjson.dumps(body), status_code=status_code, headers=headers, media_type=JSON)
 
 
+def location(kind: Kind, job_id: uuid.UUID) -> str:
+    """The poll URL of a job."""
+    return f"{KINDS[kind].path}/{job_id}"
+
+
 def accepted(
-    kind: Kind, job_id: uuid.UUID, created_at: datetime, replayed: bool = False
+    kind: Kind,
+    job_id: uuid.UUID,
+    created_at: datetime,
+    *,
+    replayed: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> Response:
-    """202 with the job envelope as first answered; a replay for an Idempotency-Key says so."""
+    """202 with the job envelope as first answered; a replay for an Idempotency-Key says so, and
+    ``headers`` are added to its ``Location``."""
     body = {"id": str(job_id), "status": JobStatus.PENDING, "created_at": timestamp(created_at)}
-    headers = {"Location": f"{KINDS[kind].path}/{job_id}"}
-    if replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return json_response(body, 202, headers)
+    extra = {"Idempotent-Replayed": "true"} if replayed else {}
+    return json_response(
+        body, 202, {"Location": location(kind, job_id), **extra, **(headers or {})}
+    )
 
 
-def job(view: JobView, retry_after: int) -> Response:
-    """200 with the outcome for a terminal job; 202 with ``Retry-After`` for an unfinished one."""
+def job(view: JobView, retry_after: int, headers: dict[str, str] | None = None) -> Response:
+    """200 with the outcome for a terminal job; 202 with ``Retry-After`` for an unfinished one;
+    ``headers`` are added to either."""
+    extra = headers or {}
     body: dict[str, Any] = {
         "id": str(view.id),
         "status": view.status,
         "created_at": timestamp(view.created_at),
     }
     if not view.status.terminal:
-        return json_response(body, 202, {"Retry-After": str(retry_after)})
+        return json_response(body, 202, {"Retry-After": str(retry_after), **extra})
     if view.completed_at is not None:
         body["completed_at"] = timestamp(view.completed_at)
     if view.expires_at is not None:
@@ -66,7 +79,7 @@ def job(view: JobView, retry_after: int) -> Response:
         body["result"] = orjson.Fragment(view.result_json)
     if view.error is not None:
         body["error"] = view.error
-    return json_response(body, 200)
+    return json_response(body, 200, extra or None)
 
 
 def error(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -30,7 +31,11 @@ def request_hash(kind: Kind, body: Mapping[str, Any], files: list[NewFile]) -> b
         body,
         [[f.field, f.filename, f.content_type, hashlib.sha256(f.data).hexdigest()] for f in files],
     ]
-    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).digest()
+    try:
+        text = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # integers wider than 64 bits, which JSON allows and orjson refuses
+        text = json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(text).digest()
 
 
 def parse_ttl(raw: str | None, config: JobsConfig) -> int:

@@ -27,6 +27,10 @@ from asyncgate.models.database import Database, dumps
 from asyncgate.status import JobStatus
 
 NOTIFY_CHANNEL = "asyncgate_jobs"
+"""Wakes idle workers: work may be waiting."""
+DONE_CHANNEL = "asyncgate_done"
+"""Carries the id of every job that just became terminal, sent by the statement that made it."""
+_DONE = f"pg_notify('{DONE_CHANNEL}', id::text)"
 
 
 @dataclass(slots=True)
@@ -302,8 +306,9 @@ WHERE id = ANY(%(ids)s) AND status = 'processing' AND lease_owner = %(owner)s
 """
 
 # Terminal write for a batch of jobs, guarded by state and lease owner (a requeued job nobody
-# has claimed since still names its last owner, who may write the result it holds).
-FINISH = """
+# has claimed since still names its last owner, who may write the result it holds); each written
+# job is announced on the done channel, delivered at commit.
+FINISH = f"""
 UPDATE async_jobs j
 SET status = o.status, status_code = o.status_code, result = o.result::jsonb,
     result_bytes = o.result_bytes, result_content_type = o.content_type,
@@ -318,7 +323,7 @@ FROM unnest(%(ids)s::uuid[], %(statuses)s::text[], %(codes)s::smallint[], %(resu
             %(bytes)s::bytea[], %(types)s::text[], %(errors)s::text[])
     AS o(id, status, status_code, result, result_bytes, content_type, error)
 WHERE j.id = o.id AND j.status IN ('processing', 'pending') AND j.lease_owner = %(owner)s
-RETURNING j.id
+RETURNING j.id, pg_notify('{DONE_CHANNEL}', j.id::text)
 """
 
 # Graceful shutdown: hand unfinished jobs back without counting the attempt against them.
@@ -362,7 +367,7 @@ WHERE id IN (
       AND lease_expires_at < now() - make_interval(secs => %(grace)s)
     LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 )
-RETURNING id, kind, provider, attempts
+RETURNING id, kind, provider, attempts, {_DONE}
 """
 
 # Jobs that waited pending longer than allowed fail rather than run uselessly late.
@@ -376,7 +381,29 @@ WHERE id IN (
     WHERE status = 'pending' AND created_at < now() - make_interval(secs => %(max_pending)s)
     LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 )
-RETURNING id, kind, provider, attempts
+RETURNING id, kind, provider, attempts, {_DONE}
+"""
+
+# A client's cancel: only an unfinished job the caller may see; the lease goes with it, so its
+# worker can no longer write a result (FINISH and RENEW want the lease owner) and learns of the
+# cancel from the done channel, or at its next renewal at the latest.
+CANCEL = f"""
+UPDATE async_jobs
+SET status = 'cancelled', status_code = %(status_code)s, error = {_JOB_ERROR},
+    completed_at = now(), expires_at = now() + make_interval(secs => ttl_seconds),
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE id = %(id)s AND kind = %(kind)s
+  AND (owner_key_id IS NULL OR owner_key_id = %(key)s)
+  AND (expires_at IS NULL OR expires_at > now())
+  AND status IN ('pending', 'processing')
+RETURNING id, status, created_at, completed_at, expires_at, status_code,
+          result::text, result_bytes, result_content_type, error, {_DONE}
+"""
+
+# Waiters whose notification may have been lost (the listener reconnected): the ones among
+# them no longer pending or processing, or gone.
+UNFINISHED_AMONG = """
+SELECT id FROM async_jobs WHERE id = ANY(%s) AND status IN ('pending', 'processing')
 """
 
 # Files go upstream again with the job; read only for multipart kinds.
@@ -433,7 +460,7 @@ class Transition:
 class JobStore:
     """All job SQL behind one object; see each query's comment for why it exists.
 
-    Terminal jobs never change again (every write is guarded by ``status = 'processing'``), so
+    Terminal jobs never change again (every write is guarded by an unfinished ``status``), so
     polls of them are answered from a small per-process cache, checked for expiry on every hit.
     """
 
@@ -657,6 +684,32 @@ class JobStore:
         rows = await self.db.read(LIST_JOBS.format(filters=filters), params)
         return [JobSummary(r[0], Kind(r[1]), JobStatus(r[2]), *r[3:]) for r in rows]
 
+    async def cancel(
+        self, job_id: uuid.UUID, kind: Kind, key_id: int | None, error: dict[str, Any]
+    ) -> tuple[JobView | None, bool]:
+        """Cancel the job if it is unfinished; returns it as a poll would see it (None if not
+        visible) and whether this call cancelled it.
+
+        A job that is not cancelled here was already terminal (or is not visible): terminal
+        states never change, so reading it afterwards shows the state that stopped the cancel.
+        """
+        params = {
+            "id": job_id,
+            "kind": kind.value,
+            "key": key_id,
+            "status_code": error["status_code"],
+            "error": dumps(error),
+        }
+        async with self.db.connection() as conn:
+            row = await (await conn.execute(CANCEL, params)).fetchone()
+        if row is not None:
+            return JobView(row[0], JobStatus(row[1]), *row[2:10]), True
+        return await self.get(job_id, kind, key_id), False
+
+    async def unfinished_among(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of ``ids`` still pending or processing."""
+        return {row[0] for row in await self.db.read(UNFINISHED_AMONG, (list(ids),))}
+
     # --- worker side ----------------------------------------------------------------------
 
     async def claim(
@@ -740,7 +793,7 @@ class JobStore:
             failed = await (await conn.execute(FAIL_EXHAUSTED, params)).fetchall()
             if requeued:
                 await conn.execute(NOTIFY)
-        return [Transition(*r) for r in requeued], [Transition(*r) for r in failed]
+        return [Transition(*r) for r in requeued], [Transition(*r[:4]) for r in failed]
 
     async def fail_stale_pending(
         self, max_pending_seconds: float, error: dict[str, Any], limit: int = 1000
@@ -748,7 +801,7 @@ class JobStore:
         params = {"max_pending": max_pending_seconds, "limit": limit, "error": dumps(error)}
         async with self.db.connection() as conn:
             rows = await (await conn.execute(FAIL_STALE_PENDING, params)).fetchall()
-        return [Transition(*r) for r in rows]
+        return [Transition(*r[:4]) for r in rows]
 
     async def files(self, job_id: uuid.UUID) -> list[NewFile]:
         return [NewFile(*row) for row in await self.db.read(GET_FILES, (job_id,))]

@@ -48,6 +48,11 @@ LEASE_OWNER_COMMENT = (
     "lapsed, which may still renew it or write its result until another worker claims it."
 )
 
+STATUS_COMMENT = (
+    "pending -> processing -> completed | failed; processing may return to pending; "
+    "pending or processing -> cancelled when the client cancels."
+)
+
 virtual_keys = Table(
     "virtual_keys",
     metadata,
@@ -93,7 +98,7 @@ async_jobs = Table(
         Text,
         nullable=False,
         server_default=text("'pending'"),
-        comment="pending -> processing -> completed | failed; processing may return to pending.",
+        comment=STATUS_COMMENT,
     ),
     Column(
         "owner_key_id",
@@ -123,7 +128,7 @@ async_jobs = Table(
         SmallInteger,
         comment="HTTP status of the final upstream answer, or 502/504 for gateway-side failures.",
     ),
-    Column("error", JSONB, comment="BifrostError body of a failed job."),
+    Column("error", JSONB, comment="BifrostError body of a failed or cancelled job."),
     Column(
         "attempts",
         Integer,
@@ -176,7 +181,7 @@ async_jobs = Table(
         name="processing_has_lease",
     ),
     CheckConstraint(
-        "status NOT IN ('completed', 'failed') "
+        "status NOT IN ('completed', 'failed', 'cancelled') "
         "OR (completed_at IS NOT NULL AND expires_at IS NOT NULL AND lease_owner IS NULL)",
         name="terminal_has_times",
     ),
@@ -184,7 +189,9 @@ async_jobs = Table(
         "status <> 'completed' OR result IS NOT NULL OR result_bytes IS NOT NULL",
         name="completed_has_result",
     ),
-    CheckConstraint("status <> 'failed' OR error IS NOT NULL", name="failed_has_error"),
+    CheckConstraint(
+        "status NOT IN ('failed', 'cancelled') OR error IS NOT NULL", name="failed_has_error"
+    ),
     CheckConstraint("status <> 'pending' OR lease_expires_at IS NULL", name="pending_has_no_lease"),
     CheckConstraint(
         "char_length(idempotency_key) >= 1 AND char_length(idempotency_key) <= 255",

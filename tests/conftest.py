@@ -38,7 +38,7 @@ from tests.spec_check import SpecChecker
 from tests.upstream import UpstreamThread
 
 UPSTREAM_KEY = "sk-upstream-secret"
-TERMINAL = ("completed", "failed")
+TERMINAL = ("completed", "failed", "cancelled")
 
 
 __all__ = [

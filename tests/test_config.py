@@ -157,6 +157,9 @@ def test_secrets_never_show(tmp_path: Path) -> None:
         ("[jobs]\nidempotency_window_seconds = 0\n", {}, "jobs.idempotency_window_seconds"),
         ("[jobs]\nidempotency_window_seconds = 31536001\n", {}, "idempotency_window_seconds"),
         ("", {"ASYNCGATE_JOBS_IDEMPOTENCY_WINDOW_SECONDS": "a day"}, "idempotency_window"),
+        ("[jobs]\nmax_wait_seconds = -1\n", {}, "jobs.max_wait_seconds"),
+        ("[jobs]\nmax_wait_seconds = 3601\n", {}, "jobs.max_wait_seconds"),
+        ("", {"ASYNCGATE_JOBS_MAX_WAIT_SECONDS": "1.5"}, "jobs.max_wait_seconds"),
         ("[database]\nstartup_timeout_seconds = -1\n", {}, "database.startup_timeout_seconds"),
         ("", {"ASYNCGATE_DATABASE_STARTUP_TIMEOUT_SECONDS": "soon"}, "startup_timeout_seconds"),
         ("[database]\nconnect_timeout = 0\n", {}, "database.connect_timeout"),
@@ -217,3 +220,11 @@ def test_unknown_environment_variables_warn_and_are_ignored(name: str, says: str
     [warning] = unknown_environment(env)
     assert name in warning and says in warning
     assert unknown_environment({"ASYNCGATE_WORKER_CONCURRENCY": "7"}) == []
+
+
+def test_max_wait_seconds_defaults_to_a_minute_and_is_read_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(write(tmp_path, ""), environ={}).jobs.max_wait_seconds == 60
+    env = {"ASYNCGATE_JOBS_MAX_WAIT_SECONDS": "5"}
+    assert load_settings(write(tmp_path, ""), environ=env).jobs.max_wait_seconds == 5

@@ -39,7 +39,7 @@ def spec_paths() -> dict[str, dict[str, Any]]:
     return {path: _follow(item, root.parent) for path, item in document["paths"].items()}
 
 
-def test_every_kind_has_its_two_operations_in_the_spec() -> None:
+def test_every_kind_has_its_three_operations_in_the_spec() -> None:
     paths = spec_paths()
     for info in KINDS.values():
         submit = paths[info.path]["post"]
@@ -47,11 +47,29 @@ def test_every_kind_has_its_two_operations_in_the_spec() -> None:
         assert list(submit["requestBody"]["content"]) == [info.body.value], info.kind
         poll = paths[f"{info.path}/{{job_id}}"]["get"]
         assert poll["operationId"] == info.poll_operation
+        cancel = paths[info.cancel_path]["post"]
+        assert cancel["operationId"] == info.cancel_operation
+        assert info.cancel_operation == "cancel" + info.poll_operation.removeprefix("get")
+        assert set(paths[info.cancel_path]) == {"post"}, info.kind
+        assert "requestBody" not in cancel, info.kind
+
+
+def test_submit_and_poll_declare_prefer_and_cancel_answers_conflicts() -> None:
+    paths = spec_paths()
+    for info in KINDS.values():
+        for operation in (paths[info.path]["post"], paths[f"{info.path}/{{job_id}}"]["get"]):
+            names = {_follow(p, spec_dir() / "paths")["name"] for p in operation["parameters"]}
+            assert "Prefer" in names, info.kind
+        assert "409" in paths[info.cancel_path]["post"]["responses"], info.kind
 
 
 def test_the_spec_has_no_job_path_the_kinds_table_does_not_know() -> None:
     job_paths = {p for p in spec_paths() if p.startswith("/v1/async/")}
-    from_table = {p for info in KINDS.values() for p in (info.path, f"{info.path}/{{job_id}}")}
+    from_table = {
+        p
+        for info in KINDS.values()
+        for p in (info.path, f"{info.path}/{{job_id}}", info.cancel_path)
+    }
     assert job_paths == from_table | {LIST_PATH}
     assert spec_paths()[LIST_PATH]["get"]["operationId"] == "listAsyncJobs"
 
@@ -103,4 +121,11 @@ def test_the_database_allows_exactly_the_kinds_of_the_table(sql: Sql) -> None:
 
 def test_the_database_allows_exactly_the_job_statuses(sql: Sql) -> None:
     assert _check_values(sql, "async_jobs_status_check") == {s.value for s in JobStatus}
-    assert {"pending", "processing", "completed", "failed"} <= {s.value for s in JobStatus}
+    assert {"pending", "processing", "completed", "failed", "cancelled"} <= {
+        s.value for s in JobStatus
+    }
+
+
+def test_the_spec_lists_exactly_the_job_statuses() -> None:
+    schema = yaml.safe_load((spec_dir() / "schemas" / "async.yaml").read_text())
+    assert schema["AsyncJobStatus"]["enum"] == [s.value for s in JobStatus]

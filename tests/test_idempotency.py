@@ -211,3 +211,15 @@ def test_key_length_is_bounded_by_the_spec(gateway: Gateway, sql: Sql) -> None:
     assert_error(post(gateway, "k" * 256, chat()), 400)
     assert_error(post(gateway, "", chat()), 400)
     assert jobs(sql) == 1
+
+
+def test_a_body_with_integers_wider_than_64_bits_replays_too(gateway: Gateway, sql: Sql) -> None:
+    body = chat(text="big", x_vendor={"seed": 56879450941410164736})
+    first = post(gateway, "wide-1", body)
+    assert first.status_code == 202, first.text
+    again = post(gateway, "wide-1", body)
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    other = post(gateway, "wide-1", chat(text="big", x_vendor={"seed": 56879450941410164737}))
+    assert other.status_code == 422
+    assert jobs(sql) == 1

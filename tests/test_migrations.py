@@ -97,6 +97,30 @@ def test_0003_keeps_a_requeued_jobs_owner_and_forbids_a_pending_lease(
     query(empty_database, insert + " RETURNING id", None, "2026-01-01T00:00:00Z")
 
 
+def test_0004_allows_cancelled_jobs_and_downgrading_refuses_while_they_exist(
+    empty_database: str,
+) -> None:
+    cancelled = (
+        "INSERT INTO async_jobs (id, kind, provider, model, request, ttl_seconds, status, "
+        "status_code, error, completed_at, expires_at) VALUES (gen_random_uuid(), 'embedding', "
+        "'p', 'p/m', '{}', 60, 'cancelled', 499, %s::jsonb, now(), now() + interval '1 minute') "
+        "RETURNING id"
+    )
+    migrate.upgrade(empty_database, "0003")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        query(empty_database, cancelled, "{}")
+    migrate.upgrade(empty_database, "0004")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        query(empty_database, cancelled, None)  # a cancelled job says why
+    [(job_id,)] = query(empty_database, cancelled, "{}")
+    with pytest.raises(Exception, match="cancelled jobs exist"):
+        migrate.downgrade(empty_database, "0003")
+    assert query(empty_database, "SELECT version_num FROM alembic_version") == [("0004",)]
+    query(empty_database, "DELETE FROM async_jobs WHERE id = %s RETURNING id", job_id)
+    migrate.downgrade(empty_database, "0003")
+    assert query(empty_database, "SELECT version_num FROM alembic_version") == [("0003",)]
+
+
 def test_concurrent_upgrades_are_serialised(empty_database: str) -> None:
     errors: list[BaseException] = []
 
@@ -267,7 +291,7 @@ def test_0005_admin_keys_list_indexes_and_idempotency(empty_database: str) -> No
         "idempotency_key, request_hash) VALUES (gen_random_uuid(), 'embedding', 'p', 'p/m', "
         "'{}', 60, %s, %s, sha256('r')) RETURNING id"
     )
-    migrate.upgrade(empty_database, "0003")
+    migrate.upgrade(empty_database, "0004")
     query(
         empty_database,
         "INSERT INTO virtual_keys (name, key_hash) VALUES ('old', sha256('o')) RETURNING id",
@@ -290,7 +314,7 @@ def test_0005_admin_keys_list_indexes_and_idempotency(empty_database: str) -> No
     )
     assert len(comments) == 3 and all(comment for _, comment in comments), comments
 
-    migrate.downgrade(empty_database, "0003")
+    migrate.downgrade(empty_database, "0004")
     columns = {
         row[0]
         for row in query(

@@ -10,6 +10,7 @@ never asserted: the soak run reports them.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import warnings
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import requests
 
@@ -53,7 +55,9 @@ class StoppablePostgres:
         assert str(self.server.get_uri()) == self.url
 
     def close(self) -> None:
-        self.server.cleanup()
+        # A server a test left stopped has no process left for the package to end.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self.server.cleanup()
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ field ``model``): directives joined by ``+``, e.g. ``status-503+retry-after-2``.
 - ``ok`` (or anything unknown): success
 - ``status-<code>``: that status (400-599) with an OpenAI-shaped error body
 - ``retry-after-<seconds>``: add a ``Retry-After`` header
-- ``delay-<seconds>``: sleep (float seconds) before answering
+- ``delay-<seconds>``: sleep (float seconds) before answering; a client that closes the
+  connection meanwhile ends the request there (outcome ``client-closed``, ``closed_at`` set)
 - ``bad-json``: 200 ``application/json`` whose body is not valid JSON
 - ``wrong-content-type``: 200 with a ``text/html`` body
 - ``huge-<bytes>``: 200 JSON body of at least that many bytes
@@ -118,6 +119,7 @@ class RecordedRequest:
     # uploads: {"field", "filename", "content_type", "size", "sha256"}
     files: list[dict[str, Any]] = field(default_factory=list)
     outcome: str = "pending"  # "ok", "status-503", "fail-first", "drop", "fault-429", ...
+    closed_at: float | None = None  # time.monotonic() when the client closed during a delay
 
     @property
     def model(self) -> str:
@@ -362,6 +364,18 @@ class FakeUpstream:
         return None
 
     @staticmethod
+    async def _delay(request: web.Request, record: RecordedRequest, seconds: float) -> bool:
+        """Sleep ``seconds``; False (and ``closed_at`` set) as soon as the client hangs up."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                record.closed_at = time.monotonic()
+                return False
+            await asyncio.sleep(min(left, 0.02))
+        return True
+
+    @staticmethod
     def _drop(request: web.Request, outcome: str) -> tuple[str, web.Response]:
         if request.transport is not None:
             request.transport.abort()
@@ -395,8 +409,8 @@ class FakeUpstream:
             await asyncio.sleep(faults.timeout_sleep)
 
         directives = parse_directives(record.model)
-        if directives.delay > 0:
-            await asyncio.sleep(directives.delay)
+        if directives.delay > 0 and not await self._delay(request, record, directives.delay):
+            return "client-closed", web.Response()  # never reaches the client
         if directives.drop:
             return self._drop(request, "drop")
         outcome, response = self._answer(record, directives, build)

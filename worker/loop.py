@@ -84,6 +84,7 @@ class Worker:
         self._renew_now = asyncio.Event()
         self.breaker = store.db.breaker
         self.breaker.on_close(self._renew_now.set)
+        notifications.on_done = self._ended_elsewhere
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -232,6 +233,15 @@ class Worker:
         """One guarded statement for a batch of terminal writes; False where the lease was lost."""
         written = await self.store.finish(self.owner, outcomes)
         return [outcome.id in written for outcome in outcomes]
+
+    def _ended_elsewhere(self, job_id: uuid.UUID) -> None:
+        """A job became terminal: if this worker is still running it, the job was cancelled
+        (or finished by another worker), so the execution and its upstream request stop now."""
+        running = self.running.get(job_id)
+        if running is None or running.finishing or running.task.done():
+            return
+        log.info("job %s ended elsewhere (cancelled or finished); upstream request aborted", job_id)
+        running.task.cancel()
 
     # --- leases ---------------------------------------------------------------------------
 

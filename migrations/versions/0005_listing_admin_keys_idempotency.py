@@ -6,7 +6,7 @@ first, a caller's own jobs or all of them). ``async_jobs.idempotency_key`` and
 makes concurrent duplicates create one job.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
