@@ -595,19 +595,8 @@ class JobStore:
 
     @staticmethod
     async def _insert(conn: psycopg.AsyncConnection, jobs: Sequence[NewJob]) -> datetime:
-        rows = [
-            {
-                "id": str(j.id),
-                "kind": j.kind.value,
-                "owner_key_id": j.owner_key_id,
-                "provider": j.provider,
-                "model": j.model,
-                "request": j.request,
-                "ttl_seconds": j.ttl_seconds,
-            }
-            for j in jobs
-        ]
-        cur = await conn.execute(INSERT_JOBS, (dumps(rows),))
+        # jsonb_to_recordset reads the columns it names and ignores the idempotency members.
+        cur = await conn.execute(INSERT_JOBS, (dumps(JobStore._rows(jobs)),))
         row = await cur.fetchone()
         if row is None or row[0] != len(jobs):
             raise RuntimeError(f"batch insert wrote {row and row[0]} of {len(jobs)} jobs")
