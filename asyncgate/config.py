@@ -96,6 +96,8 @@ class JobsConfig:
     """Requested TTLs above this are clamped to it."""
     retry_after: int = 1
     """``Retry-After`` seconds suggested to clients polling an unfinished job."""
+    max_timeout_seconds: int = 86400
+    """``x-bf-async-timeout`` values above this many seconds are clamped to it."""
     idempotency_window_seconds: int = 86400
     """How long an Idempotency-Key names its first job; afterwards the key may be used again."""
     max_wait_seconds: int = 60
@@ -414,6 +416,8 @@ def _check(settings: Settings) -> None:
         problems.append("server.port must be between 1 and 65535")
     if settings.sweeper.interval_seconds <= 0 or settings.sweeper.batch < 1:
         problems.append("sweeper.interval_seconds must be positive and sweeper.batch at least 1")
+    if settings.jobs.max_timeout_seconds < 1:
+        problems.append("jobs.max_timeout_seconds must be at least 1")
     if settings.jobs.retry_after < 0:
         problems.append("jobs.retry_after must not be negative")
     if settings.jobs.default_ttl < 1 or settings.jobs.max_ttl < 1:

@@ -27,9 +27,11 @@ from asyncgate.handlers.hold import defer
 from asyncgate.handlers.prefer import APPLIED_HEADER, PREFER_HEADER, applied_wait
 from asyncgate.handlers.submission import (
     IDEMPOTENCY_HEADER,
+    TIMEOUT_HEADER,
     TTL_HEADER,
     build_job,
     close_uploads,
+    parse_timeout,
     parse_ttl,
     read_files,
 )
@@ -62,6 +64,7 @@ def submit_handler(kind: Kind) -> Handler:
             ttl_seconds=parse_ttl(request_headers.get(TTL_HEADER), svc.settings.jobs),
             providers=svc.settings.providers,
             idempotency_key=request_headers.get(IDEMPOTENCY_HEADER),
+            timeout_seconds=parse_timeout(request_headers.get(TIMEOUT_HEADER), svc.settings.jobs),
         )
         committed = await svc.committer.submit(job)
         if committed.replayed:

@@ -18,6 +18,7 @@ from asyncgate.models.jobs import NewFile, NewJob
 from asyncgate.routing import check_models
 
 TTL_HEADER = "x-bf-async-job-result-ttl"
+TIMEOUT_HEADER = "x-bf-async-timeout"
 IDEMPOTENCY_HEADER = "idempotency-key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -38,20 +39,32 @@ def request_hash(kind: Kind, body: Mapping[str, Any], files: list[NewFile]) -> b
     return hashlib.sha256(text).digest()
 
 
+def _positive_seconds(raw: str | None, most: int) -> int | None:
+    """The header's positive ASCII-digit integer, at most ``most``; None for anything else."""
+    if raw is None:
+        return None
+    digits = raw.strip(" \t")
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    if len(digits) > len(str(most)):
+        return most
+    value = int(digits)
+    return min(value, most) if value > 0 else None
+
+
+def parse_timeout(raw: str | None, config: JobsConfig) -> int | None:
+    """Seconds from submission within which the job must end (``x-bf-async-timeout``), clamped
+    to ``jobs.max_timeout_seconds``; None (no deadline of its own) when missing or invalid."""
+    return _positive_seconds(raw, config.max_timeout_seconds)
+
+
 def parse_ttl(raw: str | None, config: JobsConfig) -> int:
     """Seconds to keep the result: the header's positive integer, clamped to the maximum.
 
     Only ASCII digits count; anything else (missing, signed, ``1_000``, zero) means the default.
     """
-    if raw is None:
-        return config.default_ttl
-    digits = raw.strip(" \t")
-    if not (digits.isascii() and digits.isdigit()):
-        return config.default_ttl
-    if len(digits) > len(str(config.max_ttl)):
-        return config.max_ttl
-    ttl = int(digits)
-    return min(ttl, config.max_ttl) if ttl > 0 else config.default_ttl
+    ttl = _positive_seconds(raw, config.max_ttl)
+    return config.default_ttl if ttl is None else ttl
 
 
 def reject_streaming(kind: Kind, body: Mapping[str, Any]) -> None:
@@ -104,6 +117,7 @@ def build_job(
     ttl_seconds: int,
     providers: Mapping[str, object],
     idempotency_key: str | None = None,
+    timeout_seconds: int | None = None,
 ) -> NewJob:
     """The job for an accepted request, or BadRequest for what the spec cannot refuse."""
     if not isinstance(body, dict):
@@ -128,5 +142,6 @@ def build_job(
         ttl_seconds=ttl_seconds,
         files=files,
         idempotency_key=idempotency_key,
+        timeout_seconds=timeout_seconds,
         request_hash=None if idempotency_key is None else request_hash(kind, body, files),
     )

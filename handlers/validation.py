@@ -2,9 +2,9 @@
 
 - JSON bodies are parsed with orjson (strict UTF-8, bounded nesting) and each operation's
   compiled schema validator is built once instead of on every request.
-- The TTL header is left to the handler: the contract says a bad value means "use the default",
-  not "reject the request". Other headers (Idempotency-Key) are checked against their schema
-  by a validator compiled once per parameter.
+- The TTL and timeout headers are left to the handler: the contract says a bad value means
+  "use the default", not "reject the request". Other headers (Idempotency-Key) are checked
+  against their schema by a validator compiled once per parameter.
 - A body that fails its schema is a 400 whose message names the field and what it must be
   (:mod:`asyncgate.handlers.problems`); nothing the client sent is echoed or logged.
 """
@@ -30,7 +30,7 @@ from starlette.types import Scope
 
 from asyncgate.errors import BadRequest
 from asyncgate.handlers.problems import describe
-from asyncgate.handlers.submission import TTL_HEADER
+from asyncgate.handlers.submission import TIMEOUT_HEADER, TTL_HEADER
 
 _HEADER_VALIDATORS: dict[int, tuple[dict[str, Any], Draft4Validator]] = {}
 
@@ -51,7 +51,7 @@ class LenientTTLParameterValidator(ParameterValidator):
     other headers are checked against their spec schema with a validator compiled once."""
 
     def validate_header_parameter(self, param: dict[str, Any], request: Any) -> Any:
-        if param["name"].lower() == TTL_HEADER:
+        if param["name"].lower() in (TTL_HEADER, TIMEOUT_HEADER):
             return None
         value = request.headers.get(param["name"])
         if value is None:

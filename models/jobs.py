@@ -58,6 +58,8 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: bytes | None = None
     """SHA-256 of the canonical request; set with ``idempotency_key``."""
+    timeout_seconds: int | None = None
+    """The job must end within this many seconds of its submission (``x-bf-async-timeout``)."""
 
     @property
     def idempotency_scope(self) -> tuple[int, str] | None:
@@ -133,6 +135,8 @@ class ClaimedJob:
     request: dict[str, Any]
     attempts: int
     created_at: datetime
+    deadline_at: datetime | None = None
+    """When the job must have ended, if its client set a deadline."""
 
 
 @dataclass(slots=True)
@@ -163,11 +167,13 @@ def _small(view: JobView) -> bool:
 # and the NOTIFY rides along: without files a batch is one statement, one round trip.
 INSERT_JOBS = f"""
 WITH inserted AS (
-    INSERT INTO async_jobs (id, kind, owner_key_id, provider, model, request, ttl_seconds)
-    SELECT id, kind, owner_key_id, provider, model, request, ttl_seconds
+    INSERT INTO async_jobs (id, kind, owner_key_id, provider, model, request, ttl_seconds,
+                            deadline_at)
+    SELECT id, kind, owner_key_id, provider, model, request, ttl_seconds,
+           now() + make_interval(secs => timeout_seconds)
     FROM jsonb_to_recordset(%s::jsonb) AS t(
         id uuid, kind text, owner_key_id bigint, provider text, model text, request jsonb,
-        ttl_seconds integer)
+        ttl_seconds integer, timeout_seconds integer)
     RETURNING created_at
 )
 SELECT count(*), max(created_at), pg_notify('{NOTIFY_CHANNEL}', '') FROM inserted
@@ -186,13 +192,14 @@ INSERT_IDEMPOTENT_JOBS = f"""
 WITH rows AS (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(
         id uuid, kind text, owner_key_id bigint, provider text, model text, request jsonb,
-        ttl_seconds integer, idempotency_key text, request_hash text)
+        ttl_seconds integer, idempotency_key text, request_hash text, timeout_seconds integer)
 ),
 inserted AS (
     INSERT INTO async_jobs (id, kind, owner_key_id, provider, model, request, ttl_seconds,
-                            idempotency_key, request_hash)
+                            idempotency_key, request_hash, deadline_at)
     SELECT id, kind, owner_key_id, provider, model, request, ttl_seconds,
-           idempotency_key, decode(request_hash, 'hex')
+           idempotency_key, decode(request_hash, 'hex'),
+           now() + make_interval(secs => timeout_seconds)
     FROM rows
     ORDER BY coalesce(owner_key_id, 0), idempotency_key
     ON CONFLICT (coalesce(owner_key_id, 0), idempotency_key)
@@ -281,12 +288,14 @@ FROM (
       -- past the pending deadline a job is the reaper's to fail, not ours to run
       AND (%(max_pending)s::float8 IS NULL
            OR created_at >= now() - make_interval(secs => %(max_pending)s::float8))
+      -- so is a job past the deadline its client set
+      AND (deadline_at IS NULL OR deadline_at > now())
     ORDER BY created_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ) c
 WHERE j.id = c.id
-RETURNING j.id, j.kind, j.provider, j.model, j.request, j.attempts, j.created_at
+RETURNING j.id, j.kind, j.provider, j.model, j.request, j.attempts, j.created_at, j.deadline_at
 """
 
 # Heartbeat: extend the leases this worker still holds, taking back its requeued jobs that
@@ -379,6 +388,22 @@ SET status = 'failed', status_code = 504, error = {_JOB_ERROR},
 WHERE id IN (
     SELECT id FROM async_jobs
     WHERE status = 'pending' AND created_at < now() - make_interval(secs => %(max_pending)s)
+    LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)
+RETURNING id, kind, provider, attempts, {_DONE}
+"""
+
+# Jobs whose client-set deadline passed before they ended, pending or running: they fail, the
+# lease goes (the worker's write is refused) and the done notification aborts the execution.
+FAIL_PAST_DEADLINE = f"""
+UPDATE async_jobs
+SET status = 'failed', status_code = 504, error = {_JOB_ERROR},
+    completed_at = now(), expires_at = now() + make_interval(secs => ttl_seconds),
+    lease_owner = NULL, lease_expires_at = NULL
+WHERE id IN (
+    SELECT id FROM async_jobs
+    WHERE deadline_at < now() AND status IN ('pending', 'processing')
+    ORDER BY deadline_at
     LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 )
 RETURNING id, kind, provider, attempts, {_DONE}
@@ -535,6 +560,7 @@ class JobStore:
                 "ttl_seconds": j.ttl_seconds,
                 "idempotency_key": j.idempotency_key,
                 "request_hash": None if j.request_hash is None else j.request_hash.hex(),
+                "timeout_seconds": j.timeout_seconds,
             }
             for j in jobs
         ]
@@ -719,7 +745,8 @@ class JobStore:
             cur = await conn.execute(CLAIM, params)
             rows = await cur.fetchall()
         return [
-            ClaimedJob(row[0], Kind(row[1]), row[2], row[3], row[4], row[5], row[6]) for row in rows
+            ClaimedJob(row[0], Kind(row[1]), row[2], row[3], row[4], row[5], row[6], row[7])
+            for row in rows
         ]
 
     async def renew(
@@ -790,6 +817,15 @@ class JobStore:
         params = {"max_pending": max_pending_seconds, "limit": limit, "error": dumps(error)}
         async with self.db.connection() as conn:
             rows = await (await conn.execute(FAIL_STALE_PENDING, params)).fetchall()
+        return [Transition(*r[:4]) for r in rows]
+
+    async def fail_past_deadline(
+        self, error: dict[str, Any], limit: int = 1000
+    ) -> list[Transition]:
+        """Fail the unfinished jobs whose ``x-bf-async-timeout`` deadline has passed."""
+        params = {"limit": limit, "error": dumps(error)}
+        async with self.db.connection() as conn:
+            rows = await (await conn.execute(FAIL_PAST_DEADLINE, params)).fetchall()
         return [Transition(*r[:4]) for r in rows]
 
     async def files(self, job_id: uuid.UUID) -> list[NewFile]:

@@ -157,6 +157,12 @@ async_jobs = Table(
         comment="completed_at + ttl_seconds; after it polls answer 404 and the sweeper deletes.",
     ),
     Column(
+        "deadline_at",
+        DateTime(timezone=True),
+        comment="When the job must have ended (submit time + x-bf-async-timeout); past it an "
+        "unfinished job fails with 504. NULL: no deadline of its own.",
+    ),
+    Column(
         "idempotency_key",
         Text,
         comment=(
@@ -215,6 +221,11 @@ async_jobs = Table(
         "async_jobs_expires_idx",
         "expires_at",
         postgresql_where=text("expires_at IS NOT NULL"),
+    ),
+    Index(
+        "async_jobs_deadline_idx",
+        "deadline_at",
+        postgresql_where=text("deadline_at IS NOT NULL"),
     ),
     # The job list reads newest first (created_at DESC, id DESC): a backward scan of these.
     Index("async_jobs_owner_list_idx", "owner_key_id", "created_at", "id"),

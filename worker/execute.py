@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from asyncgate.config import ProviderConfig, WorkerConfig
@@ -78,15 +79,20 @@ class Executor:
         self.caps = {name: asyncio.Semaphore(p.max_concurrency) for name, p in providers.items()}
 
     async def run(self, job: ClaimedJob) -> Outcome:
+        """The outcome of one execution, within ``max_job_seconds`` and the job's own deadline
+        (``x-bf-async-timeout``), whichever ends first."""
+        budget = self.config.max_job_seconds
+        message = f"job exceeded its maximum run time of {budget:g}s"
+        if job.deadline_at is not None:
+            left = (job.deadline_at - datetime.now(UTC)).total_seconds()
+            if left < budget:
+                budget = max(left, 0.0)
+                message = "the job's deadline (x-bf-async-timeout) passed before it finished"
         try:
-            async with asyncio.timeout(self.config.max_job_seconds):
+            async with asyncio.timeout(budget):
                 return await self._run(job)
         except TimeoutError:
-            timeout = UpstreamError(
-                f"job exceeded its maximum run time of {self.config.max_job_seconds:g}s",
-                status_code=504,
-                error_type="job_deadline_exceeded",
-            )
+            timeout = UpstreamError(message, status_code=504, error_type="job_deadline_exceeded")
             return failure_outcome(job, timeout, job.model)
 
     async def _run(self, job: ClaimedJob) -> Outcome:

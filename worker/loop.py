@@ -39,6 +39,11 @@ EXHAUSTED_ERROR = error_body(
     "the job's worker stopped before finishing, and it has used all its attempts",
     error_type="attempts_exhausted",
 )
+DEADLINE_ERROR = error_body(
+    504,
+    "the job's deadline (x-bf-async-timeout) passed before it finished",
+    error_type="job_deadline_exceeded",
+)
 STALE_ERROR = error_body(
     504,
     "the job waited too long for a worker and was not run",
@@ -284,6 +289,7 @@ class Worker:
                 stale = await self.store.fail_stale_pending(
                     self.config.max_pending_seconds, STALE_ERROR
                 )
+                late = await self.store.fail_past_deadline(DEADLINE_ERROR)
             except Exception as exc:
                 if not is_outage(exc):
                     log.exception("lease reaper failed")
@@ -291,6 +297,7 @@ class Worker:
                 _log_transitions(requeued, "lease expired; back to pending")
                 _log_transitions(failed, "failed: attempts exhausted")
                 _log_transitions(stale, "failed: waited too long in pending")
+                _log_transitions(late, "failed: its deadline passed")
             await asyncio.sleep(interval)
 
     def _holding_off(self) -> bool:
