@@ -103,6 +103,9 @@ class JobsConfig:
     max_wait_seconds: int = 60
     """Longest ``Prefer: wait=N`` honoured on a poll or submit; larger waits are cut to it
     (0 turns long-polling off)."""
+    sync_wait_seconds: int = 600
+    """How long a synchronous call on an OpenAI-style route waits for its job before answering
+    504 with the job's id in ``x-bf-async-id``."""
 
 
 @dataclass(frozen=True)
@@ -428,6 +431,8 @@ def _check(settings: Settings) -> None:
         problems.append("jobs.default_ttl must not exceed jobs.max_ttl")
     if not 0 <= settings.jobs.max_wait_seconds <= MAX_WAIT_LIMIT:
         problems.append(f"jobs.max_wait_seconds must be between 0 and {MAX_WAIT_LIMIT}")
+    if not 1 <= settings.jobs.sync_wait_seconds <= MAX_WAIT_LIMIT:
+        problems.append(f"jobs.sync_wait_seconds must be between 1 and {MAX_WAIT_LIMIT}")
     for name, provider in settings.providers.items():
         if not provider.base_url.startswith(("http://", "https://")):
             problems.append(f"providers.{name}.base_url must be an http(s) URL")

@@ -98,6 +98,25 @@ class KindInfo:
     streaming: tuple[StreamRule, ...] = (STREAM,)
     fallbacks: Fallbacks = Fallbacks.NAMES
     result: Result = Result.JSON
+    openai_route: bool = False
+    """Whether the kind is also served at its OpenAI-style routes (header mode)."""
+
+    @property
+    def openai_paths(self) -> tuple[str, ...]:
+        """The kind's OpenAI-style routes, ``/openai/v1`` and ``/openai`` before its upstream
+        path; empty unless ``openai_route``."""
+        if not self.openai_route:
+            return ()
+        return (f"/openai/v1{self.upstream_path}", f"/openai{self.upstream_path}")
+
+    @property
+    def openai_operations(self) -> tuple[str, ...]:
+        """``createAsyncChatCompletion`` -> ``openaiChatCompletion`` and
+        ``openaiChatCompletionUnversioned``, one per entry of :attr:`openai_paths`."""
+        if not self.openai_route:
+            return ()
+        name = "openai" + self.submit_operation.removeprefix("createAsync")
+        return (name, name + "Unversioned")
 
     @property
     def multipart(self) -> bool:
@@ -122,6 +141,7 @@ KINDS: dict[Kind, KindInfo] = {
             "getAsyncTextCompletionJob",
             "/v1/async/completions",
             "/completions",
+            openai_route=True,
         ),
         KindInfo(
             Kind.CHAT_COMPLETION,
@@ -129,6 +149,7 @@ KINDS: dict[Kind, KindInfo] = {
             "getAsyncChatCompletionJob",
             "/v1/async/chat/completions",
             "/chat/completions",
+            openai_route=True,
         ),
         KindInfo(
             Kind.RESPONSE,
@@ -136,6 +157,7 @@ KINDS: dict[Kind, KindInfo] = {
             "getAsyncResponseJob",
             "/v1/async/responses",
             "/responses",
+            openai_route=True,
         ),
         KindInfo(
             Kind.EMBEDDING,
@@ -143,6 +165,7 @@ KINDS: dict[Kind, KindInfo] = {
             "getAsyncEmbeddingJob",
             "/v1/async/embeddings",
             "/embeddings",
+            openai_route=True,
         ),
         KindInfo(
             Kind.SPEECH,

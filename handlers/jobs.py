@@ -163,7 +163,7 @@ async def _hold(
     happens after the framework has returned (:mod:`asyncgate.handlers.hold`) where it can."""
 
     async def answer(channel: Receive) -> Response:
-        view = await _waited(svc, kind, job_id, owner, wait, channel)
+        view = await waited(svc, kind, job_id, owner, wait, channel)
         if view is None:
             return missing
         return render.job(view, svc.settings.jobs.retry_after, extra)
@@ -173,8 +173,8 @@ async def _hold(
     return await answer(current_receive())
 
 
-async def _waited(
-    svc: Services, kind: Kind, job_id: uuid.UUID, owner: int | None, wait: int, channel: Receive
+async def waited(
+    svc: Services, kind: Kind, job_id: uuid.UUID, owner: int | None, wait: float, channel: Receive
 ) -> JobView | None:
     """The job once terminal or after ``wait`` seconds, as a poll reads it; None if the client
     went away first (its waiter is removed at once) or the job is no longer visible."""

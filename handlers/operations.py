@@ -1,8 +1,9 @@
 """Every ``operationId`` of the spec bound to its handler, from one table.
 
-Job operations come from the kinds table (each kind's submit, poll and cancel operation); the
-rest are listed here. Connexion asks :func:`resolver` for each operation when the app is built,
-so an operation the table does not know stops the app at start-up instead of answering 500.
+Job operations come from the kinds table (each kind's submit, poll and cancel operation, and
+the OpenAI-style operations of the kinds that have them); the rest are listed here. Connexion
+asks :func:`resolver` for each operation when the app is built, so an operation the table does
+not know stops the app at start-up instead of answering 500.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from connexion.resolver import Resolver
 
+from asyncgate.handlers.header import header_handler
 from asyncgate.handlers.health import getHealth
 from asyncgate.handlers.jobs import cancel_handler, poll_handler, submit_handler
 from asyncgate.handlers.listing import listAsyncJobs
@@ -27,6 +29,8 @@ def operations() -> dict[str, Handler]:
         table[info.submit_operation] = submit_handler(kind)
         table[info.poll_operation] = poll_handler(kind)
         table[info.cancel_operation] = cancel_handler(kind)
+        for operation in info.openai_operations:
+            table[operation] = header_handler(kind, operation)
     return table
 
 

@@ -77,8 +77,12 @@ def cached_json_validator() -> type[JSONRequestBodyValidator]:
             return entry[1]
 
         def _validate(self, body: Any) -> Any:
-            if not self._nullable and body is None:
-                raise BadRequest("the request body must not be empty")
+            if body is None:
+                # An optional body is absent on purpose (an OpenAI-style retrieve carries
+                # none); its handler says what is missing.
+                if self._required and not self._nullable:
+                    raise BadRequest("the request body must not be empty")
+                return None
             _check(self._validator, body)
             return body
 
