@@ -129,3 +129,25 @@ def test_the_database_allows_exactly_the_job_statuses(sql: Sql) -> None:
 def test_the_spec_lists_exactly_the_job_statuses() -> None:
     schema = yaml.safe_load((spec_dir() / "schemas" / "async.yaml").read_text())
     assert schema["AsyncJobStatus"]["enum"] == [s.value for s in JobStatus]
+
+
+def test_the_openai_style_routes_are_the_kinds_tables() -> None:
+    paths = spec_paths()
+    in_spec = {p for p in paths if p.startswith("/openai/")}
+    from_table = {p for info in KINDS.values() for p in info.openai_paths}
+    assert in_spec == from_table
+    assert {info.kind.value for info in KINDS.values() if info.openai_route} == {
+        "text_completion",
+        "chat_completion",
+        "response",
+        "embedding",
+    }
+    for info in KINDS.values():
+        submit_body = paths[info.path]["post"]["requestBody"]["content"]
+        for path, operation_id in zip(info.openai_paths, info.openai_operations, strict=True):
+            operation = paths[path]["post"]
+            assert operation["operationId"] == operation_id
+            # Optional so that a retrieve needs no body; the schema is the kind's own.
+            assert operation["requestBody"]["required"] is False
+            assert operation["requestBody"]["content"] == submit_body
+            assert set(paths[path]) == {"post"}
