@@ -160,6 +160,9 @@ def test_secrets_never_show(tmp_path: Path) -> None:
         ("[jobs]\nmax_wait_seconds = -1\n", {}, "jobs.max_wait_seconds"),
         ("[jobs]\nmax_wait_seconds = 3601\n", {}, "jobs.max_wait_seconds"),
         ("", {"ASYNCGATE_JOBS_MAX_WAIT_SECONDS": "1.5"}, "jobs.max_wait_seconds"),
+        ("[jobs]\nsync_wait_seconds = 0\n", {}, "jobs.sync_wait_seconds"),
+        ("[jobs]\nsync_wait_seconds = 3601\n", {}, "jobs.sync_wait_seconds"),
+        ("", {"ASYNCGATE_JOBS_SYNC_WAIT_SECONDS": "ten"}, "jobs.sync_wait_seconds"),
         ("[database]\nstartup_timeout_seconds = -1\n", {}, "database.startup_timeout_seconds"),
         ("", {"ASYNCGATE_DATABASE_STARTUP_TIMEOUT_SECONDS": "soon"}, "startup_timeout_seconds"),
         ("[database]\nconnect_timeout = 0\n", {}, "database.connect_timeout"),
@@ -228,3 +231,11 @@ def test_max_wait_seconds_defaults_to_a_minute_and_is_read_from_the_environment(
     assert load_settings(write(tmp_path, ""), environ={}).jobs.max_wait_seconds == 60
     env = {"ASYNCGATE_JOBS_MAX_WAIT_SECONDS": "5"}
     assert load_settings(write(tmp_path, ""), environ=env).jobs.max_wait_seconds == 5
+
+
+def test_sync_wait_seconds_defaults_to_ten_minutes_and_is_read_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(write(tmp_path, ""), environ={}).jobs.sync_wait_seconds == 600
+    env = {"ASYNCGATE_JOBS_SYNC_WAIT_SECONDS": "30"}
+    assert load_settings(write(tmp_path, ""), environ=env).jobs.sync_wait_seconds == 30

@@ -8,6 +8,7 @@ from typing import Any
 
 import openai
 import pytest
+import requests
 
 from tests.conftest import Gateway, wait_for
 from tests.helpers import (
@@ -165,3 +166,37 @@ def test_the_openai_client(gateway: Gateway, database_url: str) -> None:
     assert wait_for(fetched).choices[0].message.role == "assistant"
     answer = client.responses.create(model="fake/ok", input="hi")
     assert answer.object == "response"
+
+
+def test_a_cancelled_job_answers_its_stored_error(
+    gateway_factory: Callable[..., Gateway], upstream: UpstreamThread
+) -> None:
+    gateway = gateway_factory(worker={"concurrency": 1})
+    submit_ok(gateway, CHAT, json=chat("fake/delay-5"))  # holds the only slot
+    created = gateway.client.post(gateway.url + OPENAI_CHAT, json=chat(), headers=ASYNC)
+    job_id = created.json()["id"]
+    pending = retrieve(gateway, OPENAI_CHAT, job_id)
+    assert pending.status_code == 200 and pending.json() == {"id": job_id, "status": "pending"}
+    cancelled = gateway.client.post(f"{gateway.url}{CHAT}/{job_id}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    answer = retrieve(gateway, OPENAI_CHAT, job_id)
+    assert answer.status_code == 499, answer.text
+    assert answer.json()["error"]["type"] == "job_cancelled"
+
+
+def test_an_idempotency_key_names_one_job(gateway: Gateway) -> None:
+    headers = {**ASYNC, "Idempotency-Key": "header-mode-1"}
+    first = gateway.client.post(gateway.url + OPENAI_CHAT, json=chat(), headers=headers)
+    again = gateway.client.post(gateway.url + OPENAI_CHAT, json=chat(), headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert first.json()["id"] == again.json()["id"]
+    other = gateway.client.post(gateway.url + OPENAI_CHAT, json=chat(text="bye"), headers=headers)
+    assert_error(other, 422)
+
+
+def test_a_client_that_goes_away_leaves_its_job_running(gateway: Gateway, sql: Any) -> None:
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(gateway.url + OPENAI_CHAT, json=chat("fake/delay-2"), timeout=0.5)
+    rows = wait_for(lambda: sql("SELECT id FROM async_jobs WHERE status = 'completed'"))
+    done = retrieve(gateway, OPENAI_CHAT, str(rows[0][0]))
+    assert done.status_code == 200 and done.json()["object"] == "chat.completion"
