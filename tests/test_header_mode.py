@@ -18,6 +18,7 @@ from tests.helpers import (
     assert_error,
     chat,
     create_key,
+    parse_time,
     submit_ok,
 )
 from tests.upstream import UpstreamThread
@@ -200,3 +201,14 @@ def test_a_client_that_goes_away_leaves_its_job_running(gateway: Gateway, sql: A
     rows = wait_for(lambda: sql("SELECT id FROM async_jobs WHERE status = 'completed'"))
     done = retrieve(gateway, OPENAI_CHAT, str(rows[0][0]))
     assert done.status_code == 200 and done.json()["object"] == "chat.completion"
+
+
+def test_the_ttl_header_is_honoured(gateway: Gateway) -> None:
+    created = gateway.client.post(
+        gateway.url + OPENAI_CHAT,
+        json=chat(),
+        headers={**ASYNC, "x-bf-async-job-result-ttl": "120"},
+    )
+    done = gateway.wait_terminal(CHAT, created.json()["id"])
+    kept = parse_time(done["expires_at"]) - parse_time(done["completed_at"])
+    assert kept.total_seconds() == 120
