@@ -26,14 +26,16 @@ class _DemoteToDebug(logging.Filter):
 
 LOG_FORMATS = ("text", "json")
 
-# Attributes every LogRecord has; any other attribute came from ``extra=`` and is a field.
-_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# Only these ``extra=`` attributes become fields: libraries attach others (uvicorn a coloured
+# copy of its message), and an allow-list keeps request content out of the logs.
+_FIELDS = ("job_id",)
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``,
     then structured fields: ``job_id`` for the job lines (whose message starts ``job %s``, the
-    job's id as first argument), anything passed with ``extra=``, and ``exception`` if any."""
+    job's id as first argument) or passed as ``extra={"job_id": ...}``, and ``exception`` if
+    any; other ``extra=`` attributes are left out."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -46,9 +48,9 @@ class JsonFormatter(logging.Formatter):
         if isinstance(record.msg, str) and record.msg.startswith("job %s") and args:
             if isinstance(args, tuple):
                 entry["job_id"] = str(args[0])
-        for key, value in vars(record).items():
-            if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
-                entry[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
+        for key in _FIELDS:
+            if (value := getattr(record, key, None)) is not None:
+                entry[key] = str(value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

@@ -232,8 +232,10 @@ def test_json_log_lines_carry_the_job_id() -> None:
     entry = json.loads(JsonFormatter().format(record))
     assert entry["job_id"] == "0b6f-id"
     assert entry["message"] == "job 0b6f-id kind=chat_completion pending"
-    plain = logging.makeLogRecord({"msg": "worker %s started", "args": ("w1",)})
-    assert "job_id" not in json.loads(JsonFormatter().format(plain))
+    plain = logging.makeLogRecord(
+        {"msg": "worker %s started", "args": ("w1",), "color_message": "\x1b[1mworker"}
+    )
+    assert set(json.loads(JsonFormatter().format(plain))) == {"time", "level", "logger", "message"}
 
 
 def test_log_format_must_be_text_or_json(tmp_path: Path, database_url: str) -> None:
