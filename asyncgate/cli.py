@@ -30,7 +30,7 @@ def database(settings: Settings) -> Iterator[str]:
         embedded.stop()
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asyncgate", description=__doc__)
     parser.add_argument("--config", help="TOML configuration file (or ASYNCGATE_CONFIG)")
     parser.add_argument(
@@ -48,28 +48,31 @@ def _parser() -> argparse.ArgumentParser:
         ("api", "the HTTP API only"),
     ):
         sub = add_command(name, help=text)
-        sub.add_argument("--host")
-        sub.add_argument("--port", type=int)
+        sub.add_argument("--host", help="address to listen on (or [server] host)")
+        sub.add_argument("--port", type=int, help="port to listen on (or [server] port)")
         if name == "api":
             sub.add_argument("--processes", type=int, help="API processes sharing the port")
     add_command("worker", help="a worker and the sweeper, no HTTP")
     migrate = add_command("migrate", help="apply database migrations")
-    migrate.add_argument("--revision", default="head")
+    migrate.add_argument(
+        "--revision", default="head", help="upgrade to REVISION (default: the newest, head)"
+    )
     migrate.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION instead")
     keys = add_command("keys", help="manage virtual keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = key_commands.add_parser("create", help="create a key and print it once")
-    create.add_argument("name")
+    create.add_argument("name", help="a unique name for the key, shown by keys list")
     create.add_argument(
         "--admin", action="store_true", help="the key may list every job, not only its own"
     )
     key_commands.add_parser("list", help="list keys (never the keys themselves)")
-    key_commands.add_parser("disable", help="disable a key by name").add_argument("name")
+    disable = key_commands.add_parser("disable", help="disable a key by name")
+    disable.add_argument("name", help="the name the key was created with")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -142,18 +145,32 @@ async def _keys(settings: Settings, url: str, args: argparse.Namespace) -> int:
             message = f"{role} {args.name!r} created (id {key_id}); it is shown only now"
             print(message, file=sys.stderr)
         elif args.keys_command == "list":
-            for info in await keys.list():
-                state = (
-                    f"disabled {info.disabled_at:%Y-%m-%d %H:%M}" if info.disabled_at else "active"
+            rows = [
+                (
+                    str(info.id),
+                    info.name,
+                    f"{info.created_at:%Y-%m-%d %H:%M}",
+                    f"disabled {info.disabled_at:%Y-%m-%d %H:%M}" if info.disabled_at else "active",
+                    "admin" if info.is_admin else "key",
                 )
-                role = "admin" if info.is_admin else "key"
-                print(f"{info.id}\t{info.name}\t{info.created_at:%Y-%m-%d %H:%M}\t{state}\t{role}")
+                for info in await keys.list()
+            ]
+            print(table(("ID", "NAME", "CREATED", "STATE", "ROLE"), rows))
         else:
             if not await keys.disable(args.name):
                 print(f"no key named {args.name!r}", file=sys.stderr)
                 return 1
             print(f"key {args.name!r} disabled")
     return 0
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Rows under a header row, each column as wide as its widest cell and two spaces apart."""
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    )
 
 
 if __name__ == "__main__":

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from asyncgate.cli import build_parser
 from asyncgate.logs import JsonFormatter
 from tests.conftest import Gateway
 from tests.helpers import CHAT, PYTHON, REPO, assert_error, chat, clean_environ, new_database
@@ -37,6 +40,13 @@ def config_for(tmp_path: Path, database_url: str) -> Path:
     path = tmp_path / "asyncgate.toml"
     path.write_text(f'log_level = "WARNING"\n\n[database]\nurl = {database_url!r}\n')
     return path
+
+
+def listed_rows(stdout: str) -> list[list[str]]:
+    """The cells of ``keys list``'s rows, after checking its header row."""
+    header, *rows = stdout.splitlines()
+    assert header.split() == ["ID", "NAME", "CREATED", "STATE", "ROLE"]
+    return [re.split(r" {2,}", row) for row in rows]
 
 
 def tables(url: str) -> set[str]:
@@ -85,7 +95,7 @@ def test_keys_create_list_disable(
 
     listed = asyncgate(config, "keys", "list")
     assert listed.returncode == 0, listed.stderr
-    lines = [line.split("\t") for line in listed.stdout.splitlines()]
+    lines = listed_rows(listed.stdout)
     assert [(line[1], line[3], line[4]) for line in lines] == [
         ("alice", "active", "key"),
         ("bob", "active", "key"),
@@ -102,7 +112,7 @@ def test_keys_create_list_disable(
     assert disabled.returncode == 0, disabled.stderr
     assert "disabled" in disabled.stdout
     listed = asyncgate(config, "keys", "list")
-    states = {line.split("\t")[1]: line.split("\t")[3] for line in listed.stdout.splitlines()}
+    states = {line[1]: line[3] for line in listed_rows(listed.stdout)}
     assert states["bob"] == "active"
     assert states["alice"].startswith("disabled ")
     assert sql("SELECT name FROM virtual_keys WHERE disabled_at IS NOT NULL") == [("alice",)]
@@ -173,7 +183,7 @@ def test_keys_create_admin(tmp_path: Path, database_url: str, sql: Sql) -> None:
         ("root", True),
     ]
     listed = asyncgate(config, "keys", "list")
-    roles = {line.split("\t")[1]: line.split("\t")[4] for line in listed.stdout.splitlines()}
+    roles = {line[1]: line[4] for line in listed_rows(listed.stdout)}
     assert roles == {"carol": "key", "root": "admin"}
 
 
@@ -244,3 +254,24 @@ def test_log_format_must_be_text_or_json(tmp_path: Path, database_url: str) -> N
     done = asyncgate(config, "migrate")
     assert done.returncode == 2
     assert "logging.format must be text or json" in done.stderr
+
+
+def _commands(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _commands(sub)
+
+
+def test_every_option_has_plain_help() -> None:
+    parsers = list(_commands(build_parser()))
+    assert {p.prog for p in parsers} >= {"asyncgate keys list", "asyncgate migrate"}
+    for parser in parsers:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"{parser.prog} {action.dest} has no help text"
+        text = parser.format_help()
+        for markup in ("``", ":mod:", ":func:", ":class:", "`"):
+            assert markup not in text, f"{parser.prog} --help shows {markup!r}"
