@@ -7,6 +7,7 @@ Request flow: size limits -> Connexion routing -> spec validation -> handler (``
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,11 +15,13 @@ from connexion import AsyncApp
 from connexion.middleware import MiddlewarePosition
 from connexion.middleware.main import ConnexionMiddleware
 from connexion.middleware.security import SecurityMiddleware
+from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 
 from asyncgate.config import LimitsConfig, Settings
 from asyncgate.handlers import errors, operations
+from asyncgate.handlers.docs import DocsMiddleware
 from asyncgate.handlers.hold import HoldMiddleware
 from asyncgate.handlers.limits import BodyLimitMiddleware
 from asyncgate.handlers.validation import validator_map
@@ -51,18 +54,19 @@ def connexion_app(
 
     ``resolver`` swaps the handlers (the benchmark's baseline app answers without a database).
     """
-    middlewares = [
-        m for m in ConnexionMiddleware.default_middlewares if m is not SecurityMiddleware
-    ]
+    middlewares: list[Any] = []
+    for middleware in ConnexionMiddleware.default_middlewares:
+        if middleware is SwaggerUIMiddleware:
+            # Size limits come before the served spec and everything after it.
+            middlewares += [functools.partial(BodyLimitMiddleware, limits=limits), DocsMiddleware]
+        elif middleware is not SecurityMiddleware:
+            middlewares.append(middleware)
     app = AsyncApp(
         __name__,
         specification_dir=spec_dir(),
         lifespan=lifespan,
         middlewares=middlewares,
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/docs"),
-    )
-    app.add_middleware(
-        BodyLimitMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER, limits=limits
     )
     # Outermost, so that a held long-poll keeps none of the layers inside it alive.
     app.add_middleware(HoldMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION)
