@@ -28,14 +28,15 @@ LOG_FORMATS = ("text", "json")
 
 # Only these ``extra=`` attributes become fields: libraries attach others (uvicorn a coloured
 # copy of its message), and an allow-list keeps request content out of the logs.
-_FIELDS = ("job_id",)
+_FIELDS = ("job_id", "trace_id")
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``,
     then structured fields: ``job_id`` for the job lines (whose message starts ``job %s``, the
-    job's id as first argument) or passed as ``extra={"job_id": ...}``, and ``exception`` if
-    any; other ``extra=`` attributes are left out."""
+    job's id as first argument) or passed as ``extra={"job_id": ...}``, ``trace_id`` for the
+    lines of a job whose submit carried a trace context, and ``exception`` if any; other
+    ``extra=`` attributes are left out."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {

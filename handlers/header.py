@@ -23,12 +23,7 @@ from asyncgate.handlers.auth import resolve_owner
 from asyncgate.handlers.context import current_receive, headers, services
 from asyncgate.handlers.jobs import waited
 from asyncgate.handlers.submission import (
-    IDEMPOTENCY_HEADER,
-    TIMEOUT_HEADER,
-    TTL_HEADER,
     build_job,
-    parse_timeout,
-    parse_ttl,
 )
 from asyncgate.kinds import Kind
 from asyncgate.models.jobs import JobView
@@ -76,10 +71,9 @@ def header_handler(kind: Kind, operation: str) -> Handler:
             body,
             [],
             owner_key_id=owner,
-            ttl_seconds=parse_ttl(request_headers.get(TTL_HEADER), svc.settings.jobs),
+            headers=request_headers,
+            jobs=svc.settings.jobs,
             providers=svc.settings.providers,
-            idempotency_key=request_headers.get(IDEMPOTENCY_HEADER),
-            timeout_seconds=parse_timeout(request_headers.get(TIMEOUT_HEADER), svc.settings.jobs),
         )
         committed = await svc.committer.submit(job)
         log.info("job %s kind=%s submitted at %s", committed.id, kind.value, operation)

@@ -26,19 +26,15 @@ from asyncgate.handlers.context import current_receive, disconnected, headers, s
 from asyncgate.handlers.hold import defer
 from asyncgate.handlers.prefer import APPLIED_HEADER, PREFER_HEADER, applied_wait
 from asyncgate.handlers.submission import (
-    IDEMPOTENCY_HEADER,
-    TIMEOUT_HEADER,
-    TTL_HEADER,
     build_job,
     close_uploads,
-    parse_timeout,
-    parse_ttl,
     read_files,
 )
 from asyncgate.kinds import KINDS, Kind
 from asyncgate.models.jobs import JobView
 from asyncgate.services import Services
 from asyncgate.status import JobStatus
+from asyncgate.trace import log_fields
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -61,16 +57,23 @@ def submit_handler(kind: Kind) -> Handler:
             body,
             files,
             owner_key_id=owner,
-            ttl_seconds=parse_ttl(request_headers.get(TTL_HEADER), svc.settings.jobs),
+            headers=request_headers,
+            jobs=svc.settings.jobs,
             providers=svc.settings.providers,
-            idempotency_key=request_headers.get(IDEMPOTENCY_HEADER),
-            timeout_seconds=parse_timeout(request_headers.get(TIMEOUT_HEADER), svc.settings.jobs),
         )
         committed = await svc.committer.submit(job)
         if committed.replayed:
             log.info("job %s kind=%s replayed for its Idempotency-Key", committed.id, kind.value)
         else:
-            log.info("job %s kind=%s provider=%s pending", job.id, kind.value, job.provider)
+            trace, extra = log_fields(job.trace)
+            log.info(
+                "job %s kind=%s provider=%s pending%s",
+                job.id,
+                kind.value,
+                job.provider,
+                trace,
+                extra=extra,
+            )
         wait = _wait(svc, request_headers)
         if wait is None:
             return render.accepted(

@@ -16,6 +16,7 @@ from asyncgate.errors import BadRequest, PayloadTooLarge
 from asyncgate.kinds import KINDS, Kind
 from asyncgate.models.jobs import NewFile, NewJob
 from asyncgate.routing import check_models
+from asyncgate.trace import TraceContext
 
 TTL_HEADER = "x-bf-async-job-result-ttl"
 TIMEOUT_HEADER = "x-bf-async-timeout"
@@ -114,12 +115,13 @@ def build_job(
     files: list[NewFile],
     *,
     owner_key_id: int | None,
-    ttl_seconds: int,
+    headers: Mapping[str, str],
+    jobs: JobsConfig,
     providers: Mapping[str, object],
-    idempotency_key: str | None = None,
-    timeout_seconds: int | None = None,
 ) -> NewJob:
-    """The job for an accepted request, or BadRequest for what the spec cannot refuse."""
+    """The job for an accepted request, or BadRequest for what the spec cannot refuse.
+
+    ``headers`` give its TTL, deadline, Idempotency-Key and trace context."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     reject_streaming(kind, body)
@@ -132,6 +134,7 @@ def build_job(
     if required and not any(f.field in required for f in files):
         raise BadRequest(f"a file upload named {required[0]!r} is required", param=required[0])
     provider = check_models(body, providers)
+    idempotency_key = headers.get(IDEMPOTENCY_HEADER)
     return NewJob(
         id=uuid.uuid4(),
         kind=kind,
@@ -139,9 +142,10 @@ def build_job(
         provider=provider,
         model=str(body["model"]),
         request=body,
-        ttl_seconds=ttl_seconds,
+        ttl_seconds=parse_ttl(headers.get(TTL_HEADER), jobs),
         files=files,
         idempotency_key=idempotency_key,
-        timeout_seconds=timeout_seconds,
+        timeout_seconds=parse_timeout(headers.get(TIMEOUT_HEADER), jobs),
         request_hash=None if idempotency_key is None else request_hash(kind, body, files),
+        trace=TraceContext.from_headers(headers),
     )

@@ -25,6 +25,7 @@ from asyncgate.errors import error_body
 from asyncgate.kinds import Kind
 from asyncgate.models.database import Database, dumps
 from asyncgate.status import JobStatus
+from asyncgate.trace import TraceContext
 
 NOTIFY_CHANNEL = "asyncgate_jobs"
 """Wakes idle workers: work may be waiting."""
@@ -60,6 +61,8 @@ class NewJob:
     """SHA-256 of the canonical request; set with ``idempotency_key``."""
     timeout_seconds: int | None = None
     """The job must end within this many seconds of its submission (``x-bf-async-timeout``)."""
+    trace: TraceContext | None = None
+    """The submit's W3C trace context, kept for the job's upstream requests."""
 
     @property
     def idempotency_scope(self) -> tuple[int, str] | None:
@@ -137,6 +140,8 @@ class ClaimedJob:
     created_at: datetime
     deadline_at: datetime | None = None
     """When the job must have ended, if its client set a deadline."""
+    trace: TraceContext | None = None
+    """The trace context its submit carried."""
 
 
 @dataclass(slots=True)
@@ -168,12 +173,12 @@ def _small(view: JobView) -> bool:
 INSERT_JOBS = f"""
 WITH inserted AS (
     INSERT INTO async_jobs (id, kind, owner_key_id, provider, model, request, ttl_seconds,
-                            deadline_at)
+                            deadline_at, traceparent, tracestate)
     SELECT id, kind, owner_key_id, provider, model, request, ttl_seconds,
-           now() + make_interval(secs => timeout_seconds)
+           now() + make_interval(secs => timeout_seconds), traceparent, tracestate
     FROM jsonb_to_recordset(%s::jsonb) AS t(
         id uuid, kind text, owner_key_id bigint, provider text, model text, request jsonb,
-        ttl_seconds integer, timeout_seconds integer)
+        ttl_seconds integer, timeout_seconds integer, traceparent text, tracestate text)
     RETURNING created_at
 )
 SELECT count(*), max(created_at), pg_notify('{NOTIFY_CHANNEL}', '') FROM inserted
@@ -192,14 +197,15 @@ INSERT_IDEMPOTENT_JOBS = f"""
 WITH rows AS (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(
         id uuid, kind text, owner_key_id bigint, provider text, model text, request jsonb,
-        ttl_seconds integer, idempotency_key text, request_hash text, timeout_seconds integer)
+        ttl_seconds integer, idempotency_key text, request_hash text, timeout_seconds integer,
+        traceparent text, tracestate text)
 ),
 inserted AS (
     INSERT INTO async_jobs (id, kind, owner_key_id, provider, model, request, ttl_seconds,
-                            idempotency_key, request_hash, deadline_at)
+                            idempotency_key, request_hash, deadline_at, traceparent, tracestate)
     SELECT id, kind, owner_key_id, provider, model, request, ttl_seconds,
            idempotency_key, decode(request_hash, 'hex'),
-           now() + make_interval(secs => timeout_seconds)
+           now() + make_interval(secs => timeout_seconds), traceparent, tracestate
     FROM rows
     ORDER BY coalesce(owner_key_id, 0), idempotency_key
     ON CONFLICT (coalesce(owner_key_id, 0), idempotency_key)
@@ -295,7 +301,8 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) c
 WHERE j.id = c.id
-RETURNING j.id, j.kind, j.provider, j.model, j.request, j.attempts, j.created_at, j.deadline_at
+RETURNING j.id, j.kind, j.provider, j.model, j.request, j.attempts, j.created_at, j.deadline_at,
+          j.traceparent, j.tracestate
 """
 
 # Heartbeat: extend the leases this worker still holds, taking back its requeued jobs that
@@ -561,6 +568,8 @@ class JobStore:
                 "idempotency_key": j.idempotency_key,
                 "request_hash": None if j.request_hash is None else j.request_hash.hex(),
                 "timeout_seconds": j.timeout_seconds,
+                "traceparent": j.trace and j.trace.traceparent,
+                "tracestate": j.trace and j.trace.tracestate,
             }
             for j in jobs
         ]
@@ -745,7 +754,17 @@ class JobStore:
             cur = await conn.execute(CLAIM, params)
             rows = await cur.fetchall()
         return [
-            ClaimedJob(row[0], Kind(row[1]), row[2], row[3], row[4], row[5], row[6], row[7])
+            ClaimedJob(
+                row[0],
+                Kind(row[1]),
+                row[2],
+                row[3],
+                row[4],
+                row[5],
+                row[6],
+                row[7],
+                TraceContext.parse(row[8], row[9]),
+            )
             for row in rows
         ]
 

@@ -43,6 +43,16 @@ metadata = MetaData(
 _kinds_sql = ", ".join(f"'{k.value}'" for k in Kind)
 _statuses_sql = ", ".join(f"'{s.value}'" for s in JobStatus)
 
+TRACEPARENT_COMMENT = (
+    "W3C traceparent sent with the submit (valid ones only); each upstream attempt is sent as "
+    "its child. NULL: the client sent none."
+)
+TRACESTATE_COMMENT = "W3C tracestate sent beside traceparent, forwarded as it came (<= 512 bytes)."
+TRACEPARENT_FORM = "traceparent ~ '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'"
+TRACESTATE_FORM = (
+    "tracestate IS NULL OR (traceparent IS NOT NULL AND octet_length(tracestate) <= 512)"
+)
+
 LEASE_OWNER_COMMENT = (
     "Worker holding the job while it is processing; on a pending job, the worker whose lease "
     "lapsed, which may still renew it or write its result until another worker claims it."
@@ -178,6 +188,8 @@ async_jobs = Table(
             "reuse of the key with another request is refused."
         ),
     ),
+    Column("traceparent", Text, comment=TRACEPARENT_COMMENT),
+    Column("tracestate", Text, comment=TRACESTATE_COMMENT),
     CheckConstraint(f"kind IN ({_kinds_sql})", name="kind"),
     CheckConstraint(f"status IN ({_statuses_sql})", name="status"),
     CheckConstraint("ttl_seconds > 0", name="ttl_positive"),
@@ -207,6 +219,8 @@ async_jobs = Table(
     CheckConstraint(
         "(idempotency_key IS NULL) = (request_hash IS NULL)", name="idempotency_has_hash"
     ),
+    CheckConstraint(TRACEPARENT_FORM, name="traceparent_form"),
+    CheckConstraint(TRACESTATE_FORM, name="tracestate_form"),
     Index(
         "async_jobs_pending_idx",
         "created_at",

@@ -26,6 +26,7 @@ DOMAIN = {
     "resources",
     "routing",
     "status",
+    "trace",
 }
 COMPOSITION = {"__main__", "app", "cli", "connections", "runtime", "server", "services"}
 

@@ -232,6 +232,12 @@ BAD_ROWS = {
     "idempotency-key-without-hash": "INSERT INTO async_jobs (id, kind, provider, model, "
     "request, ttl_seconds, idempotency_key) VALUES (gen_random_uuid(), 'embedding', 'p', 'p/m', "
     "'{}', 60, 'k')",
+    "malformed-traceparent": "INSERT INTO async_jobs (id, kind, provider, model, request, "
+    "ttl_seconds, traceparent) VALUES (gen_random_uuid(), 'embedding', 'p', 'p/m', '{}', 60, "
+    "'00-abc-def-01')",
+    "tracestate-without-traceparent": "INSERT INTO async_jobs (id, kind, provider, model, "
+    "request, ttl_seconds, tracestate) VALUES (gen_random_uuid(), 'embedding', 'p', 'p/m', "
+    "'{}', 60, 'vendor=1')",
 }
 
 

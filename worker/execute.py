@@ -138,7 +138,9 @@ class Executor:
         for try_number in range(self.config.retry_tries):
             try:
                 async with self.caps[provider.name]:
-                    return await self.upstream.send(provider, job.kind, body, files, job.id)
+                    return await self.upstream.send(
+                        provider, job.kind, body, files, job.id, trace=job.trace
+                    )
             except UpstreamError as exc:
                 if not exc.transient or try_number + 1 == self.config.retry_tries:
                     raise

@@ -30,6 +30,7 @@ from asyncgate.models.batching import Batcher
 from asyncgate.models.database import is_outage
 from asyncgate.models.jobs import ClaimedJob, JobStore, Outcome, Transition
 from asyncgate.models.notifications import JobNotifications
+from asyncgate.trace import log_fields
 from asyncgate.worker.execute import Executor
 
 log = logging.getLogger("asyncgate.worker")
@@ -175,12 +176,15 @@ class Worker:
                 raise
 
     def _start(self, job: ClaimedJob) -> None:
+        trace, extra = log_fields(job.trace)
         log.info(
-            "job %s kind=%s provider=%s processing attempt=%d",
+            "job %s kind=%s provider=%s processing attempt=%d%s",
             job.id,
             job.kind.value,
             job.provider,
             job.attempts,
+            trace,
+            extra=extra,
         )
         task = asyncio.create_task(self._execute(job), name=f"job-{job.id}")
         self.running[job.id] = _Running(job, task)
@@ -222,14 +226,17 @@ class Worker:
                 delay = min(delay * 2, 2.0)
         duration_ms = (time.monotonic() - started) * 1000
         if written:
+            trace, extra = log_fields(job.trace)
             log.info(
-                "job %s kind=%s provider=%s %s status=%d duration_ms=%.0f",
+                "job %s kind=%s provider=%s %s status=%d duration_ms=%.0f%s",
                 job.id,
                 job.kind.value,
                 job.provider,
                 outcome.status,
                 outcome.status_code,
                 duration_ms,
+                trace,
+                extra=extra,
             )
         else:
             log.warning("job %s lease lost before its result was written; result dropped", job.id)

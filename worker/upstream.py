@@ -20,6 +20,7 @@ import orjson
 from asyncgate.config import ProviderConfig
 from asyncgate.kinds import KINDS, Kind, Result
 from asyncgate.models.jobs import NewFile
+from asyncgate.trace import TraceContext
 
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 GATEWAY_ONLY_FIELDS = ("fallbacks", "stream")
@@ -89,9 +90,14 @@ class Upstream:
         body: dict[str, Any],
         files: list[NewFile],
         job_id: uuid.UUID,
+        *,
+        trace: TraceContext | None = None,
     ) -> UpstreamReply:
+        """One request to ``provider``; with ``trace``, sent as a new span of that trace."""
         info = KINDS[kind]
         headers = {JOB_ID_HEADER: str(job_id)}
+        if trace is not None:
+            headers |= trace.child_headers()
         if provider.api_key is not None:
             headers["Authorization"] = f"Bearer {provider.api_key.reveal()}"
         data: aiohttp.FormData | bytes
