@@ -24,7 +24,9 @@ from asyncgate.handlers import errors, operations
 from asyncgate.handlers.docs import DocsMiddleware
 from asyncgate.handlers.hold import HoldMiddleware
 from asyncgate.handlers.limits import BodyLimitMiddleware
+from asyncgate.handlers.metrics import RequestMetricsMiddleware
 from asyncgate.handlers.validation import validator_map
+from asyncgate.metrics import Metrics
 from asyncgate.resources import spec_dir
 from asyncgate.runtime import api_services, open_database, worker_runtime
 
@@ -32,23 +34,29 @@ from asyncgate.runtime import api_services, open_database, worker_runtime
 def create_app(settings: Settings, database_url: str, *, run_worker: bool = False) -> AsyncApp:
     """The ASGI app; with ``run_worker`` its lifespan also runs a worker and the sweeper."""
 
+    metrics = Metrics()
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[dict[str, Any]]:
         async with contextlib.AsyncExitStack() as stack:
             db = await stack.enter_async_context(open_database(settings, database_url))
             local = None
             if run_worker:
-                local = await stack.enter_async_context(worker_runtime(settings, db))
+                local = await stack.enter_async_context(worker_runtime(settings, db, metrics))
             services = await stack.enter_async_context(
-                api_services(settings, db, local_worker=local.worker if local else None)
+                api_services(settings, db, metrics, local_worker=local.worker if local else None)
             )
             yield {"services": services}
 
-    return connexion_app(settings.limits, lifespan=lifespan)
+    return connexion_app(settings.limits, metrics, lifespan=lifespan)
 
 
 def connexion_app(
-    limits: LimitsConfig, *, lifespan: Any = None, resolver: Resolver | None = None
+    limits: LimitsConfig,
+    metrics: Metrics,
+    *,
+    lifespan: Any = None,
+    resolver: Resolver | None = None,
 ) -> AsyncApp:
     """The spec bound to handlers, with the gateway's validators, limits and error mapping.
 
@@ -68,7 +76,12 @@ def connexion_app(
         middlewares=middlewares,
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/docs"),
     )
-    # Outermost, so that a held long-poll keeps none of the layers inside it alive.
+    # Counting outside the hold, so that a held long-poll's answer and time are counted.
+    app.add_middleware(
+        RequestMetricsMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics
+    )
+    # Outermost but for counting, so that a held long-poll keeps none of the layers inside it
+    # alive.
     app.add_middleware(HoldMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION)
     app.add_api(
         "openapi.yaml",

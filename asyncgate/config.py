@@ -178,6 +178,14 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    """Where ``asyncgate worker`` serves its metrics (the API serves them at ``/metrics``);
+    0: it serves none."""
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -187,6 +195,7 @@ class Settings:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     sweeper: SweeperConfig = field(default_factory=SweeperConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     log_level: str = "INFO"
 
@@ -210,6 +219,7 @@ _SECTIONS: dict[str, type] = {
     "worker": WorkerConfig,
     "sweeper": SweeperConfig,
     "logging": LoggingConfig,
+    "metrics": MetricsConfig,
 }
 _PROVIDER_KEYS = ("base_url", "api_key_env", "timeout", "max_concurrency")
 
@@ -446,6 +456,8 @@ def _check(settings: Settings) -> None:
             problems.append(f"providers.{name}.base_url must be an http(s) URL")
         if provider.max_concurrency < 1 or provider.timeout <= 0:
             problems.append(f"providers.{name}: timeout and max_concurrency must be positive")
+    if not 0 <= settings.metrics.port <= 65535:
+        problems.append("metrics.port must be between 0 (off) and 65535")
     if settings.logging.format not in ("text", "json"):
         problems.append("logging.format must be text or json")
     if problems:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from asyncgate.config import Settings
+from asyncgate.metrics import Metrics
 from asyncgate.models.committer import group_committer
 from asyncgate.models.database import Database
 from asyncgate.models.events import JobEvents
@@ -44,7 +45,7 @@ async def open_database(settings: Settings, url: str) -> AsyncIterator[Database]
 
 @contextlib.asynccontextmanager
 async def api_services(
-    settings: Settings, db: Database, *, local_worker: Worker | None = None
+    settings: Settings, db: Database, metrics: Metrics, *, local_worker: Worker | None = None
 ) -> AsyncIterator[Services]:
     """What the HTTP handlers need; the committer flushes its queue on the way out.
 
@@ -65,6 +66,7 @@ async def api_services(
             keys=KeyStore(db, cache_seconds=settings.auth.key_cache_seconds),
             committer=committer,
             events=events,
+            metrics=metrics,
         )
     finally:
         await events.stop()
@@ -78,15 +80,17 @@ class WorkerRuntime:
 
 
 @contextlib.asynccontextmanager
-async def worker_runtime(settings: Settings, db: Database) -> AsyncIterator[WorkerRuntime]:
+async def worker_runtime(
+    settings: Settings, db: Database, metrics: Metrics
+) -> AsyncIterator[WorkerRuntime]:
     """A running worker and sweeper; leaving the block stops them gracefully."""
     store = JobStore(db)
     notifications = JobNotifications(db.url)
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=True) as session:
         upstream = Upstream(session, max_response_bytes=settings.worker.max_response_bytes)
-        executor = Executor(upstream, store, settings.providers, settings.worker)
-        worker = Worker(store, executor, notifications, settings.worker)
+        executor = Executor(upstream, store, settings.providers, settings.worker, metrics)
+        worker = Worker(store, executor, notifications, settings.worker, metrics)
         sweeper = Sweeper(store, settings.sweeper)
         notifications.start()
         worker.start()

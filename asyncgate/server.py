@@ -11,7 +11,9 @@ import asyncio
 import gc
 import logging
 import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Coroutine
 from typing import Any
 
@@ -21,6 +23,7 @@ from asyncgate.app import create_app
 from asyncgate.config import Settings, load_settings
 from asyncgate.connections import ConnectionLimits, connection_limits, protocol_factory
 from asyncgate.logs import configure
+from asyncgate.metrics import MULTIPROCESS_DIR, Metrics
 from asyncgate.runtime import open_database, worker_runtime
 
 log = logging.getLogger("asyncgate")
@@ -99,6 +102,19 @@ def serve_http_processes(settings: Settings, database_url: str, config_path: str
     os.environ["ASYNCGATE_LOGGING_FORMAT"] = settings.logging.format
     if config_path:
         os.environ["ASYNCGATE_CONFIG"] = os.path.abspath(config_path)
+    # The processes keep their metrics in files here, so that each scrape reports them all.
+    metrics_dir = None
+    if not os.environ.get(MULTIPROCESS_DIR):
+        metrics_dir = tempfile.mkdtemp(prefix="asyncgate-metrics-")
+        os.environ[MULTIPROCESS_DIR] = metrics_dir
+    try:
+        _run_processes(settings, limits)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_processes(settings: Settings, limits: ConnectionLimits) -> None:
     uvicorn.run(
         "asyncgate.server:app_factory",
         factory=True,
@@ -123,6 +139,12 @@ async def run_worker(settings: Settings, database_url: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with open_database(settings, database_url) as db, worker_runtime(settings, db):
+    metrics = Metrics()
+    if settings.metrics.port:
+        metrics.serve(settings.metrics.host, settings.metrics.port)
+        log.info(
+            "worker metrics on http://%s:%d/metrics", settings.metrics.host, settings.metrics.port
+        )
+    async with open_database(settings, database_url) as db, worker_runtime(settings, db, metrics):
         await stop.wait()
         log.info("stopping worker")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from asyncgate.config import Settings
+from asyncgate.metrics import Metrics
 from asyncgate.models.batching import Batcher
 from asyncgate.models.database import Database
 from asyncgate.models.events import JobEvents
@@ -22,3 +23,4 @@ class Services:
     keys: KeyStore
     committer: Batcher[NewJob, Committed]
     events: JobEvents
+    metrics: Metrics

@@ -27,6 +27,7 @@ from asyncgate.handlers import render
 from asyncgate.handlers.operations import resolver
 from asyncgate.kinds import KINDS, Kind
 from asyncgate.logs import configure
+from asyncgate.metrics import Metrics
 from asyncgate.models.jobs import JobView
 from asyncgate.server import run
 from asyncgate.status import JobStatus
@@ -104,7 +105,7 @@ def _resolver() -> Resolver:
 
 def create_baseline_app() -> AsyncApp:
     """The gateway's app (see :func:`asyncgate.app.connexion_app`) with database-free handlers."""
-    return connexion_app(LimitsConfig(), resolver=_resolver())
+    return connexion_app(LimitsConfig(), Metrics(), resolver=_resolver())
 
 
 def main(argv: list[str] | None = None) -> int:

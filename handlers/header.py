@@ -76,6 +76,8 @@ def header_handler(kind: Kind, operation: str) -> Handler:
             providers=svc.settings.providers,
         )
         committed = await svc.committer.submit(job)
+        if not committed.replayed:
+            svc.metrics.jobs_submitted.labels(kind.value, job.provider).inc()
         log.info("job %s kind=%s submitted at %s", committed.id, kind.value, operation)
         if request_headers.get(ASYNC_HEADER):
             return render.json_response(_pending(kind, committed.id, JobStatus.PENDING), 200)

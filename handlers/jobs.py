@@ -65,6 +65,7 @@ def submit_handler(kind: Kind) -> Handler:
         if committed.replayed:
             log.info("job %s kind=%s replayed for its Idempotency-Key", committed.id, kind.value)
         else:
+            svc.metrics.jobs_submitted.labels(kind.value, job.provider).inc()
             trace, extra = log_fields(job.trace)
             log.info(
                 "job %s kind=%s provider=%s pending%s",

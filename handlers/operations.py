@@ -17,6 +17,7 @@ from asyncgate.handlers.header import header_handler
 from asyncgate.handlers.health import getHealth
 from asyncgate.handlers.jobs import cancel_handler, poll_handler, submit_handler
 from asyncgate.handlers.listing import listAsyncJobs
+from asyncgate.handlers.metrics import getMetrics
 from asyncgate.kinds import KINDS
 
 Handler = Callable[..., Awaitable[Any]]
@@ -24,7 +25,11 @@ Handler = Callable[..., Awaitable[Any]]
 
 def operations() -> dict[str, Handler]:
     """operationId -> handler for the whole spec."""
-    table: dict[str, Handler] = {"getHealth": getHealth, "listAsyncJobs": listAsyncJobs}
+    table: dict[str, Handler] = {
+        "getHealth": getHealth,
+        "getMetrics": getMetrics,
+        "listAsyncJobs": listAsyncJobs,
+    }
     for kind, info in KINDS.items():
         table[info.submit_operation] = submit_handler(kind)
         table[info.poll_operation] = poll_handler(kind)

@@ -400,6 +400,15 @@ WHERE id IN (
 RETURNING id, kind, provider, attempts, {_DONE}
 """
 
+# The queue for metrics: the partial indexes on pending and processing jobs answer all three
+# without reading the (possibly huge) rest of the table.
+QUEUE_DEPTH = """
+SELECT (SELECT count(*) FROM async_jobs WHERE status = 'pending'),
+       (SELECT count(*) FROM async_jobs WHERE status = 'processing'),
+       (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+        FROM async_jobs WHERE status = 'pending')
+"""
+
 # Jobs whose client-set deadline passed before they ended, pending or running: they fail, the
 # lease goes (the worker's write is refused) and the done notification aborts the execution.
 FAIL_PAST_DEADLINE = f"""
@@ -675,6 +684,14 @@ class JobStore:
             if len(self._terminal) > self.cache_size:
                 self._terminal.popitem(last=False)
         return view
+
+    async def queue_depth(self) -> tuple[int, int, float]:
+        """Pending jobs, processing jobs, and the oldest pending job's age in seconds (0 when
+        none is pending)."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(QUEUE_DEPTH)
+            pending, processing, oldest = await cur.fetchone() or (0, 0, 0.0)
+        return int(pending), int(processing), float(oldest)
 
     async def list_jobs(
         self,

@@ -23,6 +23,7 @@ DOMAIN = {
     "errors",
     "kinds",
     "logs",
+    "metrics",
     "resources",
     "routing",
     "status",

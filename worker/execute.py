@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from asyncgate.config import ProviderConfig, WorkerConfig
 from asyncgate.errors import error_body, extra_fields
 from asyncgate.kinds import KINDS
+from asyncgate.metrics import Metrics
 from asyncgate.models.jobs import ClaimedJob, JobStore, NewFile, Outcome
 from asyncgate.routing import candidate_models, split_model
 from asyncgate.status import JobStatus
@@ -70,8 +72,10 @@ class Executor:
         store: JobStore,
         providers: Mapping[str, ProviderConfig],
         config: WorkerConfig,
+        metrics: Metrics,
     ) -> None:
         self.upstream = upstream
+        self.metrics = metrics
         self.store = store
         self.providers = providers
         self.config = config
@@ -138,11 +142,33 @@ class Executor:
         for try_number in range(self.config.retry_tries):
             try:
                 async with self.caps[provider.name]:
-                    return await self.upstream.send(
-                        provider, job.kind, body, files, job.id, trace=job.trace
-                    )
+                    return await self._send(job, provider, body, files)
             except UpstreamError as exc:
                 if not exc.transient or try_number + 1 == self.config.retry_tries:
                     raise
+                self.metrics.upstream_retries.labels(provider.name).inc()
                 await asyncio.sleep(backoff_delay(try_number, self.config, exc.retry_after))
         raise AssertionError("unreachable: the last try raises")
+
+    async def _send(
+        self,
+        job: ClaimedJob,
+        provider: ProviderConfig,
+        body: dict[str, Any],
+        files: list[NewFile],
+    ) -> UpstreamReply:
+        """One upstream request, counted by its answer: a status code, or what stopped it."""
+        started = time.monotonic()
+        answer = "error"
+        try:
+            reply = await self.upstream.send(
+                provider, job.kind, body, files, job.id, trace=job.trace
+            )
+            answer = str(reply.status_code)
+            return reply
+        except UpstreamError as exc:
+            answer = str(exc.status_code)
+            raise
+        finally:
+            self.metrics.upstream_requests.labels(provider.name, answer).inc()
+            self.metrics.upstream_seconds.labels(provider.name).observe(time.monotonic() - started)

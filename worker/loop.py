@@ -23,9 +23,11 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from asyncgate.config import WorkerConfig
 from asyncgate.errors import error_body
+from asyncgate.metrics import Metrics
 from asyncgate.models.batching import Batcher
 from asyncgate.models.database import is_outage
 from asyncgate.models.jobs import ClaimedJob, JobStore, Outcome, Transition
@@ -75,9 +77,11 @@ class Worker:
         executor: Executor,
         notifications: JobNotifications,
         config: WorkerConfig,
+        metrics: Metrics,
         *,
         owner: str | None = None,
     ) -> None:
+        self.metrics = metrics
         self.store = store
         self.executor = executor
         self.notifications = notifications
@@ -176,6 +180,8 @@ class Worker:
                 raise
 
     def _start(self, job: ClaimedJob) -> None:
+        waited = (datetime.now(UTC) - job.created_at).total_seconds()
+        self.metrics.pickup_seconds.labels(job.kind.value).observe(max(waited, 0.0))
         trace, extra = log_fields(job.trace)
         log.info(
             "job %s kind=%s provider=%s processing attempt=%d%s",
@@ -226,6 +232,10 @@ class Worker:
                 delay = min(delay * 2, 2.0)
         duration_ms = (time.monotonic() - started) * 1000
         if written:
+            self.metrics.jobs_finished.labels(
+                job.kind.value, job.provider, outcome.status.value
+            ).inc()
+            self.metrics.run_seconds.labels(job.kind.value).observe(duration_ms / 1000)
             trace, extra = log_fields(job.trace)
             log.info(
                 "job %s kind=%s provider=%s %s status=%d duration_ms=%.0f%s",
