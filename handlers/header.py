@@ -10,7 +10,6 @@ upstream's status and body; with ``x-bf-async`` it answers the job's id at once;
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,7 +22,7 @@ from asyncgate.handlers.auth import resolve_owner
 from asyncgate.handlers.context import current_receive, headers, services
 from asyncgate.handlers.jobs import waited
 from asyncgate.handlers.submission import (
-    build_job,
+    submit_job,
 )
 from asyncgate.kinds import Kind
 from asyncgate.models.jobs import JobView
@@ -41,8 +40,6 @@ _OBJECT: dict[Kind, str] = {
     Kind.EMBEDDING: "list",
 }
 """The ``object`` an OpenAI answer of each kind carries; a pending job shows it too."""
-
-log = logging.getLogger("asyncgate.header")
 
 
 def header_handler(kind: Kind, operation: str) -> Handler:
@@ -66,19 +63,9 @@ def header_handler(kind: Kind, operation: str) -> Handler:
                 f"a request body is required, or header {ASYNC_ID_HEADER} to retrieve a job"
             )
         owner = await resolve_owner(svc, request_headers, BadRequest("invalid virtual key"))
-        job = build_job(
-            kind,
-            body,
-            [],
-            owner_key_id=owner,
-            headers=request_headers,
-            jobs=svc.settings.jobs,
-            providers=svc.settings.providers,
+        committed = await submit_job(
+            svc, kind, body, [], owner_key_id=owner, headers=request_headers
         )
-        committed = await svc.committer.submit(job)
-        if not committed.replayed:
-            svc.metrics.jobs_submitted.labels(kind.value, job.provider).inc()
-        log.info("job %s kind=%s submitted at %s", committed.id, kind.value, operation)
         if request_headers.get(ASYNC_HEADER):
             return render.json_response(_pending(kind, committed.id, JobStatus.PENDING), 200)
         wait = svc.settings.jobs.sync_wait_seconds

@@ -26,15 +26,14 @@ from asyncgate.handlers.context import current_receive, disconnected, headers, s
 from asyncgate.handlers.hold import defer
 from asyncgate.handlers.prefer import APPLIED_HEADER, PREFER_HEADER, applied_wait
 from asyncgate.handlers.submission import (
-    build_job,
     close_uploads,
     read_files,
+    submit_job,
 )
 from asyncgate.kinds import KINDS, Kind
 from asyncgate.models.jobs import JobView
 from asyncgate.services import Services
 from asyncgate.status import JobStatus
-from asyncgate.trace import log_fields
 
 Handler = Callable[..., Awaitable[Response]]
 
@@ -52,29 +51,9 @@ def submit_handler(kind: Kind) -> Handler:
             files = await read_files(uploads, svc.settings.limits)
         finally:
             await close_uploads(uploads)
-        job = build_job(
-            kind,
-            body,
-            files,
-            owner_key_id=owner,
-            headers=request_headers,
-            jobs=svc.settings.jobs,
-            providers=svc.settings.providers,
+        committed = await submit_job(
+            svc, kind, body, files, owner_key_id=owner, headers=request_headers
         )
-        committed = await svc.committer.submit(job)
-        if committed.replayed:
-            log.info("job %s kind=%s replayed for its Idempotency-Key", committed.id, kind.value)
-        else:
-            svc.metrics.jobs_submitted.labels(kind.value, job.provider).inc()
-            trace, extra = log_fields(job.trace)
-            log.info(
-                "job %s kind=%s provider=%s pending%s",
-                job.id,
-                kind.value,
-                job.provider,
-                trace,
-                extra=extra,
-            )
         wait = _wait(svc, request_headers)
         if wait is None:
             return render.accepted(

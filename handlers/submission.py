@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -14,14 +15,17 @@ from starlette.datastructures import UploadFile
 from asyncgate.config import JobsConfig, LimitsConfig
 from asyncgate.errors import BadRequest, PayloadTooLarge
 from asyncgate.kinds import KINDS, Kind
-from asyncgate.models.jobs import NewFile, NewJob
+from asyncgate.models.jobs import Committed, NewFile, NewJob
 from asyncgate.routing import check_models
-from asyncgate.trace import TraceContext
+from asyncgate.services import Services
+from asyncgate.trace import TraceContext, log_fields
 
 TTL_HEADER = "x-bf-async-job-result-ttl"
 TIMEOUT_HEADER = "x-bf-async-timeout"
 IDEMPOTENCY_HEADER = "idempotency-key"
 REPLAYED_HEADER = "Idempotent-Replayed"
+
+log = logging.getLogger("asyncgate.jobs")
 
 
 def request_hash(kind: Kind, body: Mapping[str, Any], files: list[NewFile]) -> bytes:
@@ -107,6 +111,43 @@ def _holds_nul(value: Any) -> bool:
     if isinstance(value, list):
         return any(_holds_nul(item) for item in value)
     return False
+
+
+async def submit_job(
+    svc: Services,
+    kind: Kind,
+    body: Any,
+    files: list[NewFile],
+    *,
+    owner_key_id: int | None,
+    headers: Mapping[str, str],
+) -> Committed:
+    """Build the job for an accepted request (see :func:`build_job`), commit it, and count
+    and log it unless it replays an earlier job of the same Idempotency-Key."""
+    job = build_job(
+        kind,
+        body,
+        files,
+        owner_key_id=owner_key_id,
+        headers=headers,
+        jobs=svc.settings.jobs,
+        providers=svc.settings.providers,
+    )
+    committed = await svc.committer.submit(job)
+    if committed.replayed:
+        log.info("job %s kind=%s replayed for its Idempotency-Key", committed.id, kind.value)
+        return committed
+    svc.metrics.jobs_submitted.labels(kind.value, job.provider).inc()
+    trace, extra = log_fields(job.trace)
+    log.info(
+        "job %s kind=%s provider=%s pending%s",
+        job.id,
+        kind.value,
+        job.provider,
+        trace,
+        extra=extra,
+    )
+    return committed
 
 
 def build_job(

@@ -94,6 +94,8 @@ def test_api_processes_report_one_set(procs: Processes) -> None:
     }
     assert min(totals) >= 20 + 1  # the readiness check's own requests count too
     assert len(totals) == 1
+    # A graceful stop takes the children down with their parent.
+    assert api.terminate() == 0
 
 
 def test_a_worker_process_serves_its_own_metrics(procs: Processes) -> None:
