@@ -16,19 +16,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import uvloop
 
 from asyncgate.worker.upstream import JOB_ID_HEADER
-from bench.children import Processes, child_environment, gateway_config, wait_until
+from bench.children import Processes, gateway_config, wait_until
 from bench.loadgen import CHAT_PATH, latency_summary
 from bench.report import say
-from bench.run import database
+from bench.run import run_scenario
 from tests.launch import ROOT, free_port
 
 GOAL_ABORT_MS = 1000.0
@@ -142,17 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), type=Path)
     args = parser.parse_args(argv)
     out: Path = args.out
-    log_dir = out / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="asyncgate-cancels-") as tmp:
-        work = Path(tmp)
-        procs = Processes(log_dir, child_environment())
-        try:
-            with database(args.database_url, work) as url:
-                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                    figures = runner.run(run(url, work, procs, args.jobs))
-        finally:
-            procs.close()
+
+    async def scenario(url: str, work: Path, procs: Processes) -> dict[str, Any]:
+        return await run(url, work, procs, args.jobs)
+
+    figures = run_scenario("asyncgate-cancels-", args.database_url, out, scenario)
     abort = figures["upstream_abort_ms"]
     figures["passed"] = figures["cancelled"] == figures["jobs"] and abort["max_ms"] <= GOAL_ABORT_MS
     (out / "cancels.json").write_text(json.dumps(figures, indent=2) + "\n")

@@ -19,9 +19,9 @@ import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvloop
 
@@ -31,6 +31,8 @@ from bench.machine import machine_info
 from bench.report import NOTES, goals, say, table
 from bench.scenarios import Bench, Plan
 from tests.launch import ROOT, migrated_database
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -49,6 +51,27 @@ def database(admin_url: str | None, work: Path) -> Iterator[str]:
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def run_scenario(
+    prefix: str,
+    admin_url: str | None,
+    out: Path,
+    scenario: Callable[[str, Path, Processes], Awaitable[T]],
+) -> T:
+    """``scenario(url, work, procs)`` on uvloop with a fresh database and a scratch directory;
+    the processes it starts log to ``out/logs`` and are all stopped afterwards."""
+    log_dir = out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = Path(tmp)
+        procs = Processes(log_dir, child_environment())
+        try:
+            with database(admin_url, work) as url:
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    return runner.run(scenario(url, work, procs))
+        finally:
+            procs.close()
 
 
 def _terminate(signum: int, _frame: object) -> None:

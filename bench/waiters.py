@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -28,13 +27,12 @@ import aiohttp
 import orjson
 import psutil
 import psycopg
-import uvloop
 
 from asyncgate.models.jobs import DONE_CHANNEL
-from bench.children import Processes, child_environment, gateway_config
+from bench.children import Processes, gateway_config
 from bench.loadgen import CHAT_PATH, latency_summary
 from bench.report import say
-from bench.run import database
+from bench.run import run_scenario
 from tests.launch import ROOT, free_port
 
 GOALS = {"p50_ms": 5.0, "p99_ms": 50.0, "rss_growth_mb": 100.0, "extra_connections": 0}
@@ -202,17 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), type=Path)
     args = parser.parse_args(argv)
     out: Path = args.out
-    log_dir = out / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="asyncgate-waiters-") as tmp:
-        work = Path(tmp)
-        procs = Processes(log_dir, child_environment())
-        try:
-            with database(args.database_url, work) as url:
-                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                    figures = runner.run(run(url, work, procs, args))
-        finally:
-            procs.close()
+
+    async def scenario(url: str, work: Path, procs: Processes) -> dict[str, Any]:
+        return await run(url, work, procs, args)
+
+    figures = run_scenario("asyncgate-waiters-", args.database_url, out, scenario)
     figures["passed"] = passed(figures)
     name = "waiters.json" if args.batch == BATCH else f"waiters-batch{args.batch}.json"
     (out / name).write_text(json.dumps(figures, indent=2) + "\n")
