@@ -75,6 +75,9 @@ class ServerConfig:
     """Most header fields in one request; ``431`` above."""
     max_connections: int = 2048
     """Open connections per API process; a connection past them is answered ``503``."""
+    public_url: str | None = None
+    """Where clients reach the gateway (``https://gateway.example.com``): webhook events give
+    their ``result_url`` under it; unset, ``result_url`` is a path."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,40 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebhooksConfig:
+    secret_key: Secret | None = None
+    """Key that seals endpoints' signing secrets in the database; webhooks need it (any long
+    random string; every process that creates endpoints or delivers must have the same)."""
+    timeout_seconds: float = 10.0
+    """One attempt's budget, from connecting to the end of the answer."""
+    retry_initial_seconds: float = 30.0
+    """Delay before the first retry; each later retry waits twice as long, with jitter."""
+    retry_max_seconds: float = 1800.0
+    """Longest delay between two attempts."""
+    retry_for_seconds: float = 86400.0
+    """How long after its first attempt a delivery is retried before it is exhausted."""
+    max_payload_bytes: int = 256 * 1024
+    """Results larger than this are left out of the body (``response_omitted``)."""
+    concurrency: int = 64
+    """Attempts one worker process makes at once."""
+    concurrency_per_endpoint: int = 8
+    """Attempts in flight to one endpoint, across every worker process."""
+    disable_after_exhausted: int = 20
+    """An endpoint whose deliveries are exhausted this many times in a row is disabled."""
+    rotation_grace_seconds: float = 86400.0
+    """After ``rotate-secret``, how long the previous secret keeps signing beside the new."""
+    retention_days: float = 30.0
+    """Finished deliveries and their attempt log are deleted after this many days."""
+    allow_private_networks: bool = False
+    """Deliver to loopback, private, link-local and cloud metadata addresses (refused by
+    default)."""
+    allow_http: bool = False
+    """Accept plain ``http://`` endpoint URLs (only ``https://`` by default)."""
+    poll_seconds: float = 1.0
+    """How often delivery workers look for due retries when no notification arrives."""
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -196,6 +233,7 @@ class Settings:
     sweeper: SweeperConfig = field(default_factory=SweeperConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     log_level: str = "INFO"
 
@@ -220,6 +258,7 @@ _SECTIONS: dict[str, type] = {
     "sweeper": SweeperConfig,
     "logging": LoggingConfig,
     "metrics": MetricsConfig,
+    "webhooks": WebhooksConfig,
 }
 _PROVIDER_KEYS = ("base_url", "api_key_env", "timeout", "max_concurrency")
 
@@ -433,6 +472,9 @@ def _check(settings: Settings) -> None:
             problems.append(f"limits.{name} must be at least 1")
     if limits.max_files < 0:
         problems.append("limits.max_files must not be negative")
+    public_url = settings.server.public_url
+    if public_url is not None and not public_url.startswith(("http://", "https://")):
+        problems.append("server.public_url must be an http(s) URL")
     if not 1 <= settings.server.port <= 65535:
         problems.append("server.port must be between 1 and 65535")
     if settings.sweeper.interval_seconds <= 0 or settings.sweeper.batch < 1:
@@ -460,5 +502,38 @@ def _check(settings: Settings) -> None:
         problems.append("metrics.port must be between 0 (off) and 65535")
     if settings.logging.format not in ("text", "json"):
         problems.append("logging.format must be text or json")
+    problems.extend(_webhook_problems(settings.webhooks))
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def _webhook_problems(h: WebhooksConfig) -> list[str]:
+    problems = [
+        f"webhooks.{name} must be positive"
+        for name in (
+            "timeout_seconds",
+            "retry_initial_seconds",
+            "retry_max_seconds",
+            "retry_for_seconds",
+            "retention_days",
+            "poll_seconds",
+        )
+        if getattr(h, name) <= 0
+    ]
+    problems.extend(
+        f"webhooks.{name} must be at least 1"
+        for name in (
+            "max_payload_bytes",
+            "concurrency",
+            "concurrency_per_endpoint",
+            "disable_after_exhausted",
+        )
+        if getattr(h, name) < 1
+    )
+    if h.rotation_grace_seconds < 0:
+        problems.append("webhooks.rotation_grace_seconds must not be negative")
+    if h.retry_initial_seconds > h.retry_max_seconds:
+        problems.append("webhooks.retry_initial_seconds must not exceed webhooks.retry_max_seconds")
+    if h.secret_key is not None and len(h.secret_key.reveal()) < 16:
+        problems.append("webhooks.secret_key must be at least 16 characters")
+    return problems

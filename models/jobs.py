@@ -63,6 +63,8 @@ class NewJob:
     """The job must end within this many seconds of its submission (``x-bf-async-timeout``)."""
     trace: TraceContext | None = None
     """The submit's W3C trace context, kept for the job's upstream requests."""
+    webhook_endpoint_id: int | None = None
+    """The endpoint its ``x-bf-async-webhook`` named; told when the job ends."""
 
     @property
     def idempotency_scope(self) -> tuple[int, str] | None:
@@ -173,12 +175,14 @@ def _small(view: JobView) -> bool:
 INSERT_JOBS = f"""
 WITH inserted AS (
     INSERT INTO async_jobs (id, kind, owner_key_id, provider, model, request, ttl_seconds,
-                            deadline_at, traceparent, tracestate)
+                            deadline_at, traceparent, tracestate, webhook_endpoint_id)
     SELECT id, kind, owner_key_id, provider, model, request, ttl_seconds,
-           now() + make_interval(secs => timeout_seconds), traceparent, tracestate
+           now() + make_interval(secs => timeout_seconds), traceparent, tracestate,
+           webhook_endpoint_id
     FROM jsonb_to_recordset(%s::jsonb) AS t(
         id uuid, kind text, owner_key_id bigint, provider text, model text, request jsonb,
-        ttl_seconds integer, timeout_seconds integer, traceparent text, tracestate text)
+        ttl_seconds integer, timeout_seconds integer, traceparent text, tracestate text,
+        webhook_endpoint_id bigint)
     RETURNING created_at
 )
 SELECT count(*), max(created_at), pg_notify('{NOTIFY_CHANNEL}', '') FROM inserted
@@ -198,14 +202,16 @@ WITH rows AS (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(
         id uuid, kind text, owner_key_id bigint, provider text, model text, request jsonb,
         ttl_seconds integer, idempotency_key text, request_hash text, timeout_seconds integer,
-        traceparent text, tracestate text)
+        traceparent text, tracestate text, webhook_endpoint_id bigint)
 ),
 inserted AS (
     INSERT INTO async_jobs (id, kind, owner_key_id, provider, model, request, ttl_seconds,
-                            idempotency_key, request_hash, deadline_at, traceparent, tracestate)
+                            idempotency_key, request_hash, deadline_at, traceparent, tracestate,
+                            webhook_endpoint_id)
     SELECT id, kind, owner_key_id, provider, model, request, ttl_seconds,
            idempotency_key, decode(request_hash, 'hex'),
-           now() + make_interval(secs => timeout_seconds), traceparent, tracestate
+           now() + make_interval(secs => timeout_seconds), traceparent, tracestate,
+           webhook_endpoint_id
     FROM rows
     ORDER BY coalesce(owner_key_id, 0), idempotency_key
     ON CONFLICT (coalesce(owner_key_id, 0), idempotency_key)
@@ -579,6 +585,7 @@ class JobStore:
                 "timeout_seconds": j.timeout_seconds,
                 "traceparent": j.trace and j.trace.traceparent,
                 "tracestate": j.trace and j.trace.tracestate,
+                "webhook_endpoint_id": j.webhook_endpoint_id,
             }
             for j in jobs
         ]

@@ -25,10 +25,11 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 from asyncgate.kinds import Kind
 from asyncgate.status import JobStatus
+from asyncgate.webhooks import JOB_EVENTS, AttemptOutcome, DeliveryState, Event
 
 metadata = MetaData(
     naming_convention={
@@ -190,6 +191,13 @@ async_jobs = Table(
     ),
     Column("traceparent", Text, comment=TRACEPARENT_COMMENT),
     Column("tracestate", Text, comment=TRACESTATE_COMMENT),
+    Column(
+        "webhook_endpoint_id",
+        BigInteger,
+        ForeignKey("async_webhook_endpoints.id"),
+        comment="Endpoint named by x-bf-async-webhook; its delivery row is written by the "
+        "trigger async_jobs_webhook in the statement that makes the job terminal.",
+    ),
     CheckConstraint(f"kind IN ({_kinds_sql})", name="kind"),
     CheckConstraint(f"status IN ({_statuses_sql})", name="status"),
     CheckConstraint("ttl_seconds > 0", name="ttl_positive"),
@@ -272,4 +280,234 @@ async_job_files = Table(
     Column("data", LargeBinary, nullable=False, comment="File contents."),
     PrimaryKeyConstraint("job_id", "position"),
     comment="Files uploaded with multipart jobs (transcriptions, image edits and variations).",
+)
+
+_job_events_sql = ", ".join(f"'{e.value}'" for e in JOB_EVENTS)
+_events_sql = ", ".join(f"'{e.value}'" for e in Event)
+_outcomes_sql = ", ".join(f"'{o.value}'" for o in AttemptOutcome)
+_delivery_states_sql = ", ".join(f"'{s.value}'" for s in DeliveryState)
+
+async_webhook_endpoints = Table(
+    "async_webhook_endpoints",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True, comment="Surrogate key."),
+    Column(
+        "name",
+        Text,
+        nullable=False,
+        unique=True,
+        comment="Name given at creation, sent by clients in x-bf-async-webhook.",
+    ),
+    Column("url", Text, nullable=False, comment="Where deliveries are POSTed."),
+    Column(
+        "events",
+        ARRAY(Text),
+        nullable=False,
+        comment="Events delivered to this endpoint (async_job.completed, .failed, .cancelled).",
+    ),
+    Column(
+        "owner_key_id",
+        BigInteger,
+        ForeignKey("virtual_keys.id"),
+        comment="Virtual key whose jobs alone may name the endpoint; NULL: any job may.",
+    ),
+    Column(
+        "secret_sealed",
+        LargeBinary,
+        nullable=False,
+        comment="Signing secret (whsec_...), encrypted with webhooks.secret_key: never plain.",
+    ),
+    Column(
+        "previous_secret_sealed",
+        LargeBinary,
+        comment="Secret before the last rotation, still signing beside the new one until "
+        "previous_secret_expires_at.",
+    ),
+    Column(
+        "previous_secret_expires_at",
+        DateTime(timezone=True),
+        comment="End of the rotation's grace period; after it only the new secret signs.",
+    ),
+    Column(
+        "created_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=text("now()"),
+        comment="When the endpoint was created.",
+    ),
+    Column(
+        "disabled_at",
+        DateTime(timezone=True),
+        comment="When it was disabled: submits may not name it, its deliveries wait.",
+    ),
+    Column("disabled_reason", Text, comment="Why it was disabled (by hand, or exhaustion)."),
+    Column(
+        "exhausted_in_a_row",
+        Integer,
+        nullable=False,
+        server_default=text("0"),
+        comment="Deliveries exhausted since the last one delivered; at "
+        "webhooks.disable_after_exhausted the endpoint is disabled.",
+    ),
+    CheckConstraint("name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'", name="name_form"),
+    CheckConstraint("url ~ '^https?://'", name="url_scheme"),
+    CheckConstraint(
+        f"cardinality(events) > 0 AND events <@ ARRAY[{_job_events_sql}]", name="events_known"
+    ),
+    CheckConstraint(
+        "(previous_secret_sealed IS NULL) = (previous_secret_expires_at IS NULL)",
+        name="previous_secret_expires",
+    ),
+    CheckConstraint("exhausted_in_a_row >= 0", name="exhausted_nonnegative"),
+    comment="Webhook endpoints: where finished jobs are announced, signed Standard Webhooks.",
+)
+
+async_webhook_deliveries = Table(
+    "async_webhook_deliveries",
+    metadata,
+    Column(
+        "id",
+        UUID(as_uuid=True),
+        primary_key=True,
+        comment="Delivery id; sent as webhook-id (msg_<hex>) on every attempt.",
+    ),
+    Column(
+        "endpoint_id",
+        BigInteger,
+        ForeignKey("async_webhook_endpoints.id", ondelete="CASCADE"),
+        nullable=False,
+        comment="Endpoint the event goes to.",
+    ),
+    Column(
+        "job_id",
+        UUID(as_uuid=True),
+        comment="Job the event is about (no foreign key: the delivery outlives its job's TTL); "
+        "NULL for a test event.",
+    ),
+    Column(
+        "event",
+        Text,
+        nullable=False,
+        comment="async_job.completed/failed/cancelled, or webhook.test.",
+    ),
+    Column(
+        "request_type",
+        Text,
+        comment="Kind of the job, copied at its terminal write (the job may be swept first).",
+    ),
+    Column("job_status", Text, comment="Terminal status of the job, copied at its write."),
+    Column("job_status_code", SmallInteger, comment="status_code of the job, copied likewise."),
+    Column(
+        "payload",
+        Text,
+        comment="The JSON body, fixed at the first attempt so every retry sends the same bytes.",
+    ),
+    Column(
+        "state",
+        Text,
+        nullable=False,
+        server_default=text("'pending'"),
+        comment="pending -> delivering -> delivered | failed | exhausted, or back to pending "
+        "for a retry; redeliver sends a finished delivery back to pending.",
+    ),
+    Column(
+        "attempts",
+        Integer,
+        nullable=False,
+        server_default=text("0"),
+        comment="Attempts started (claims).",
+    ),
+    Column(
+        "created_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=text("now()"),
+        comment="When the event happened (the job's terminal write).",
+    ),
+    Column(
+        "next_attempt_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=text("now()"),
+        comment="When it is due; while delivering, when its worker's lease lapses.",
+    ),
+    Column(
+        "first_attempt_at",
+        DateTime(timezone=True),
+        comment="Start of the retry window (webhooks.retry_for_seconds).",
+    ),
+    Column("lease_owner", Text, comment="Worker holding the delivery while it is delivering."),
+    Column(
+        "finished_at",
+        DateTime(timezone=True),
+        comment="When it was delivered, failed or exhausted; NULL while it may still go out.",
+    ),
+    Column("last_status_code", SmallInteger, comment="HTTP status of the last attempt, if any."),
+    Column("last_error", Text, comment="Short reason of the last failed attempt."),
+    Column("traceparent", Text, comment="The job's traceparent, sent on every attempt."),
+    Column("tracestate", Text, comment="The job's tracestate, sent beside traceparent."),
+    CheckConstraint(f"event IN ({_events_sql})", name="event"),
+    CheckConstraint(f"state IN ({_delivery_states_sql})", name="state"),
+    CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+    CheckConstraint(
+        "(state IN ('delivered', 'failed', 'exhausted')) = (finished_at IS NOT NULL)",
+        name="finished_has_time",
+    ),
+    CheckConstraint(
+        "(state = 'delivering') = (lease_owner IS NOT NULL)", name="delivering_has_lease"
+    ),
+    CheckConstraint("(event = 'webhook.test') = (job_id IS NULL)", name="job_event_has_job"),
+    Index(
+        "async_webhook_deliveries_endpoint_id_idx",
+        "endpoint_id",
+        "next_attempt_at",
+        postgresql_where=text("finished_at IS NULL"),
+    ),
+    Index(
+        "async_webhook_deliveries_delivering_idx",
+        "endpoint_id",
+        postgresql_where=text("state = 'delivering'"),
+    ),
+    Index("async_webhook_deliveries_created_at_idx", "created_at"),
+    Index("async_webhook_deliveries_job_id_idx", "job_id"),
+    comment="Webhook deliveries: one per event and endpoint, written with the job's terminal "
+    "state, retried until delivered or exhausted; swept after webhooks.retention_days.",
+)
+
+async_webhook_attempts = Table(
+    "async_webhook_attempts",
+    metadata,
+    Column(
+        "delivery_id",
+        UUID(as_uuid=True),
+        ForeignKey("async_webhook_deliveries.id", ondelete="CASCADE"),
+        nullable=False,
+        comment="Delivery the attempt belongs to; deleted with it.",
+    ),
+    Column("attempt", Integer, nullable=False, comment="1 for the first attempt, then 2, 3..."),
+    Column(
+        "attempted_at",
+        DateTime(timezone=True),
+        nullable=False,
+        comment="When the request was sent.",
+    ),
+    Column("status_code", SmallInteger, comment="HTTP status answered; NULL: no answer."),
+    Column(
+        "latency_ms",
+        Integer,
+        nullable=False,
+        comment="Milliseconds until the answer or the failure.",
+    ),
+    Column(
+        "outcome",
+        Text,
+        nullable=False,
+        comment="delivered, retry (another attempt follows), failed (permanent) or exhausted.",
+    ),
+    Column("error", Text, comment="Short reason of a failed attempt (at most 300 characters)."),
+    PrimaryKeyConstraint("delivery_id", "attempt"),
+    CheckConstraint(f"outcome IN ({_outcomes_sql})", name="outcome"),
+    CheckConstraint("char_length(error) <= 300", name="error_length"),
+    CheckConstraint("latency_ms >= 0", name="latency_nonnegative"),
+    comment="Every attempt of every webhook delivery: the delivery log DBAs read.",
 )

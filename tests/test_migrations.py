@@ -18,7 +18,14 @@ from asyncgate.models.tables import metadata
 from tests.helpers import new_database
 
 Sql = Callable[..., list[tuple[Any, ...]]]
-OUR_TABLES = {"virtual_keys", "async_jobs", "async_job_files"}
+OUR_TABLES = {
+    "virtual_keys",
+    "async_jobs",
+    "async_job_files",
+    "async_webhook_endpoints",
+    "async_webhook_deliveries",
+    "async_webhook_attempts",
+}
 
 
 @pytest.fixture
