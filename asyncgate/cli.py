@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     key_commands.add_parser("list", help="list keys (never the keys themselves)")
     disable = key_commands.add_parser("disable", help="disable a key by name")
     disable.add_argument("name", help="the name the key was created with")
+    from asyncgate import webhook_commands
+
+    webhook_commands.add_parser(commands, config_after)
     return parser
 
 
@@ -114,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         if args.command == "keys":
             return asyncio.run(_keys(settings, url, args))
+        if args.command == "webhooks":
+            return asyncio.run(_webhooks(settings, url, args))
 
         from asyncgate import server
 
@@ -162,6 +167,14 @@ async def _keys(settings: Settings, url: str, args: argparse.Namespace) -> int:
                 return 1
             print(f"key {args.name!r} disabled")
     return 0
+
+
+async def _webhooks(settings: Settings, url: str, args: argparse.Namespace) -> int:
+    from asyncgate import webhook_commands
+    from asyncgate.runtime import open_database
+
+    async with open_database(settings, url) as db:
+        return await webhook_commands.run(settings, db, args)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -5,8 +5,9 @@ the ``BifrostError`` body.
     └── ClientError                  4xx answered in the BifrostError shape
         ├── BadRequest               400 invalid body, model, key, streaming
         ├── Unauthorized             401 no key while ``auth.required`` is on, or to list jobs
+        ├── Forbidden                403 a key that is not an admin key, on the management API
         ├── NotFound                 404 unknown, expired, foreign or malformed job id
-        ├── Conflict                 409 cancel of a job that already completed or failed
+        ├── Conflict                 409 cancel of a finished job, a taken endpoint name
         └── PayloadTooLarge          413 body, upload or file-count limits
 
 A reused Idempotency-Key with another request is the store's own exception
@@ -29,6 +30,7 @@ not the upstream or the gateway, ended it."""
 ERROR_TYPES: dict[int, str] = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     409: "conflict_error",
     405: "method_not_allowed",
@@ -114,6 +116,10 @@ class Unauthorized(ClientError):
     status_code = 401
 
 
+class Forbidden(ClientError):
+    status_code = 403
+
+
 class NotFound(ClientError):
     status_code = 404
 
@@ -124,3 +130,9 @@ class Conflict(ClientError):
 
 class PayloadTooLarge(ClientError):
     status_code = 413
+
+
+class NotConfigured(GatewayError):
+    """503: the operation needs a setting this gateway lacks (say, ``webhooks.secret_key``)."""
+
+    status_code = 503

@@ -110,6 +110,25 @@ class Metrics:
             ("provider",),
             registry=r,
         )
+        self.webhook_attempts = Counter(
+            "asyncgate_webhook_attempts",
+            "Webhook delivery attempts, by outcome (delivered, retry, failed, exhausted) and "
+            "status code (none when no answer came).",
+            ("outcome", "status"),
+            registry=r,
+        )
+        self.webhook_seconds = Histogram(
+            "asyncgate_webhook_attempt_duration_seconds",
+            "Time a webhook receiver took to answer an attempt.",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.webhook_first_attempt_delay = Histogram(
+            "asyncgate_webhook_first_attempt_delay_seconds",
+            "Time from a job's terminal write to the first attempt of its webhook delivery.",
+            buckets=_LATENCY,
+            registry=r,
+        )
         self._queue: QueueSnapshot | None = None
         self._queue_read_at = float("-inf")
 

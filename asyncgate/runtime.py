@@ -22,11 +22,14 @@ from asyncgate.models.events import JobEvents
 from asyncgate.models.jobs import JobStore
 from asyncgate.models.keys import KeyStore
 from asyncgate.models.notifications import JobNotifications
+from asyncgate.models.webhooks import WebhookStore
 from asyncgate.services import Services
+from asyncgate.webhooks import SecretBox
 from asyncgate.worker.execute import Executor
 from asyncgate.worker.loop import Worker
 from asyncgate.worker.sweeper import Sweeper
 from asyncgate.worker.upstream import Upstream
+from asyncgate.worker.webhooks import Deliverer, Sender, client_session
 
 
 @contextlib.asynccontextmanager
@@ -67,16 +70,25 @@ async def api_services(
             committer=committer,
             events=events,
             metrics=metrics,
+            webhooks=WebhookStore(db, secret_box(settings)),
         )
     finally:
         await events.stop()
         await committer.stop()
 
 
+def secret_box(settings: Settings) -> SecretBox | None:
+    """The sealer of webhook secrets, or None when ``webhooks.secret_key`` is unset."""
+    key = settings.webhooks.secret_key
+    return None if key is None else SecretBox(key.reveal())
+
+
 @dataclass
 class WorkerRuntime:
     worker: Worker
     sweeper: Sweeper
+    deliverer: Deliverer | None
+    """None when ``webhooks.secret_key`` is unset: deliveries wait for a process that has it."""
 
 
 @contextlib.asynccontextmanager
@@ -91,13 +103,39 @@ async def worker_runtime(
         upstream = Upstream(session, max_response_bytes=settings.worker.max_response_bytes)
         executor = Executor(upstream, store, settings.providers, settings.worker, metrics)
         worker = Worker(store, executor, notifications, settings.worker, metrics)
-        sweeper = Sweeper(store, settings.sweeper)
-        notifications.start()
-        worker.start()
-        sweeper.start()
-        try:
-            yield WorkerRuntime(worker, sweeper)
-        finally:
-            await sweeper.stop()
-            await worker.stop()
-            await notifications.stop()
+        box = secret_box(settings)
+        webhooks = WebhookStore(db, box)
+        sweeper = Sweeper(
+            store,
+            settings.sweeper,
+            webhooks,
+            webhook_retention_seconds=settings.webhooks.retention_days * 86400,
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            deliverer = None
+            if box is not None:
+                hook_session, resolver = client_session(settings.webhooks)
+                await stack.enter_async_context(hook_session)
+                sender = Sender(hook_session, box, settings.webhooks, resolver)
+                deliverer = Deliverer(
+                    webhooks,
+                    sender,
+                    settings.webhooks,
+                    metrics,
+                    owner=worker.owner,
+                    public_url=settings.server.public_url,
+                    wake=notifications.webhooks,
+                )
+            notifications.start()
+            worker.start()
+            sweeper.start()
+            if deliverer is not None:
+                deliverer.start()
+            try:
+                yield WorkerRuntime(worker, sweeper, deliverer)
+            finally:
+                if deliverer is not None:
+                    await deliverer.stop()
+                await sweeper.stop()
+                await worker.stop()
+                await notifications.stop()

@@ -11,6 +11,7 @@ from asyncgate.models.database import Database
 from asyncgate.models.events import JobEvents
 from asyncgate.models.jobs import Committed, JobStore, NewJob
 from asyncgate.models.keys import KeyStore
+from asyncgate.models.webhooks import WebhookStore
 
 
 @dataclass(frozen=True)
@@ -24,3 +25,4 @@ class Services:
     committer: Batcher[NewJob, Committed]
     events: JobEvents
     metrics: Metrics
+    webhooks: WebhookStore

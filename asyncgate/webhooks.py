@@ -14,6 +14,7 @@ import hmac
 import random
 import re
 import secrets
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -77,6 +78,21 @@ class AttemptOutcome(enum.StrEnum):
     """Refused for good (a redirect, or a 4xx other than 408 and 429)."""
     EXHAUSTED = "exhausted"
     """Not delivered, and the retry window is used up."""
+
+
+def url_problem(url: str, *, allow_http: bool) -> str | None:
+    """Why ``url`` cannot be an endpoint's URL, or None if it can (its address is checked
+    before each delivery, not here: names may resolve differently by then)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return "the URL must be an absolute https:// URL"
+    if parts.scheme == "http" and not allow_http:
+        return "the URL must be https:// (plain http:// needs webhooks.allow_http)"
+    if parts.username is not None or parts.password is not None:
+        return "the URL must not carry credentials; authenticate deliveries by their signature"
+    if len(url) > 2048:
+        return "the URL is longer than 2048 characters"
+    return None
 
 
 def new_secret() -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from connexion.resolver import Resolver
 
+from asyncgate.handlers import webhooks
 from asyncgate.handlers.header import header_handler
 from asyncgate.handlers.health import getHealth
 from asyncgate.handlers.jobs import cancel_handler, poll_handler, submit_handler
@@ -22,6 +23,19 @@ from asyncgate.kinds import KINDS
 
 Handler = Callable[..., Awaitable[Any]]
 
+WEBHOOK_OPERATIONS = (
+    "listWebhookEndpoints",
+    "createWebhookEndpoint",
+    "getWebhookEndpoint",
+    "disableWebhookEndpoint",
+    "enableWebhookEndpoint",
+    "rotateWebhookSecret",
+    "testWebhookEndpoint",
+    "listWebhookDeliveries",
+    "getWebhookDelivery",
+    "redeliverWebhookDelivery",
+)
+
 
 def operations() -> dict[str, Handler]:
     """operationId -> handler for the whole spec."""
@@ -30,6 +44,8 @@ def operations() -> dict[str, Handler]:
         "getMetrics": getMetrics,
         "listAsyncJobs": listAsyncJobs,
     }
+    for name in WEBHOOK_OPERATIONS:
+        table[name] = getattr(webhooks, name)
     for kind, info in KINDS.items():
         table[info.submit_operation] = submit_handler(kind)
         table[info.poll_operation] = poll_handler(kind)

@@ -23,6 +23,7 @@ from asyncgate.trace import TraceContext, log_fields
 TTL_HEADER = "x-bf-async-job-result-ttl"
 TIMEOUT_HEADER = "x-bf-async-timeout"
 IDEMPOTENCY_HEADER = "idempotency-key"
+WEBHOOK_HEADER = "x-bf-async-webhook"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 log = logging.getLogger("asyncgate.jobs")
@@ -133,6 +134,7 @@ async def submit_job(
         jobs=svc.settings.jobs,
         providers=svc.settings.providers,
     )
+    job.webhook_endpoint_id = await resolve_webhook(svc, headers, owner_key_id)
     committed = await svc.committer.submit(job)
     if committed.replayed:
         log.info("job %s kind=%s replayed for its Idempotency-Key", committed.id, kind.value)
@@ -148,6 +150,31 @@ async def submit_job(
         extra=extra,
     )
     return committed
+
+
+async def resolve_webhook(
+    svc: Services, headers: Mapping[str, str], owner_key_id: int | None
+) -> int | None:
+    """The id of the endpoint ``x-bf-async-webhook`` names, None without the header.
+
+    Raises BadRequest for an endpoint that does not exist, is disabled, or belongs to another
+    key (said as "no such endpoint": a key does not learn of others' endpoints)."""
+    name = headers.get(WEBHOOK_HEADER)
+    if name is None:
+        return None
+    name = name.strip()
+    ref = await svc.webhooks.resolve(name)
+    if ref is None or ref.owner_key_id not in (None, owner_key_id):
+        raise BadRequest(
+            f"no webhook endpoint named {name!r} is available to this request",
+            param=WEBHOOK_HEADER,
+        )
+    if ref.disabled:
+        raise BadRequest(
+            f"the webhook endpoint {name!r} is disabled; enable it or name another",
+            param=WEBHOOK_HEADER,
+        )
+    return ref.id
 
 
 def build_job(

@@ -54,6 +54,8 @@ LIST_KEYS = "SELECT id, name, created_at, disabled_at, is_admin FROM virtual_key
 DISABLE_KEY = """
 UPDATE virtual_keys SET disabled_at = coalesce(disabled_at, now()) WHERE name = %s RETURNING id
 """
+# A webhook endpoint's owner is named by its key's name; only an active key may own one.
+FIND_KEY_BY_NAME = "SELECT id FROM virtual_keys WHERE name = %s AND disabled_at IS NULL"
 # Authenticate: the hash is the lookup; the stored hash is compared again in constant time.
 FIND_KEY = """
 SELECT id, key_hash, is_admin FROM virtual_keys WHERE key_hash = %s AND disabled_at IS NULL
@@ -108,6 +110,11 @@ class KeyStore:
         async with self.db.connection() as conn:
             cur = await conn.execute(DISABLE_KEY, (name,))
             return await cur.fetchone() is not None
+
+    async def id_of(self, name: str) -> int | None:
+        """The id of the active key called ``name``; None when there is none."""
+        rows = await self.db.read(FIND_KEY_BY_NAME, (name,))
+        return rows[0][0] if rows else None
 
     async def lookup(self, key: str) -> KeyIdentity | None:
         """The id and admin flag of an enabled key; None for an unknown, disabled or malformed

@@ -17,19 +17,22 @@ from collections.abc import Callable
 import psycopg
 
 from asyncgate.models.jobs import DONE_CHANNEL, NOTIFY_CHANNEL
+from asyncgate.models.webhooks import WEBHOOK_CHANNEL
 
 log = logging.getLogger("asyncgate.notifications")
 
 
 class JobNotifications:
-    """Sets :attr:`event` whenever a job may be ready to claim, and calls :attr:`on_done` with
-    the id of every job that became terminal."""
+    """Sets :attr:`event` whenever a job may be ready to claim and :attr:`webhooks` whenever a
+    webhook delivery may be due, and calls :attr:`on_done` with the id of every job that became
+    terminal."""
 
     def __init__(self, url: str, *, reconnect_seconds: float = 1.0) -> None:
         self.url = url
         self.on_done: Callable[[uuid.UUID], None] | None = None
         self.reconnect_seconds = reconnect_seconds
         self.event = asyncio.Event()
+        self.webhooks = asyncio.Event()
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -65,11 +68,15 @@ class JobNotifications:
                 ) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     await conn.execute(f"LISTEN {DONE_CHANNEL}")
+                    await conn.execute(f"LISTEN {WEBHOOK_CHANNEL}")
                     self.connected.set()
                     self.event.set()  # work may have arrived while we were not listening
+                    self.webhooks.set()
                     async for notify in conn.notifies():
                         if notify.channel == DONE_CHANNEL:
                             self._done(notify.payload)
+                        elif notify.channel == WEBHOOK_CHANNEL:
+                            self.webhooks.set()
                         else:
                             self.event.set()
             except (psycopg.Error, OSError) as exc:
@@ -77,4 +84,5 @@ class JobNotifications:
                     log.warning("notification connection lost: %s", exc.__class__.__name__)
                 self.connected.clear()
             self.event.set()
+            self.webhooks.set()
             await asyncio.sleep(self.reconnect_seconds)

@@ -339,7 +339,7 @@ class WebhookStore:
         return endpoint
 
     async def endpoints(self) -> list[EndpointInfo]:
-        rows = await self.db.read(LIST_ENDPOINTS.format(where=""))
+        rows = await self.db.read(LIST_ENDPOINTS.format(where=""), ())
         return [_endpoint(row) for row in rows]
 
     async def endpoint(self, name: str) -> EndpointInfo | None:

@@ -28,8 +28,18 @@ DOMAIN = {
     "routing",
     "status",
     "trace",
+    "webhooks",
 }
-COMPOSITION = {"__main__", "app", "cli", "connections", "runtime", "server", "services"}
+COMPOSITION = {
+    "__main__",
+    "app",
+    "cli",
+    "connections",
+    "runtime",
+    "server",
+    "services",
+    "webhook_commands",
+}
 
 # package -> top-level modules it must never import
 FORBIDDEN = {

@@ -1,4 +1,5 @@
-"""The sweeper: deletes expired jobs (and, by cascade, their files) in bounded batches.
+"""The sweeper: deletes expired jobs (and, by cascade, their files) in bounded batches, and
+webhook deliveries (with their attempt log) past ``webhooks.retention_days``.
 
 Polls already hide expired jobs, so the sweeper only reclaims space. Any number of sweepers may
 run at once: each batch locks its rows with SKIP LOCKED, so two never fight over the same rows.
@@ -12,14 +13,24 @@ import logging
 from asyncgate.config import SweeperConfig
 from asyncgate.models.database import is_outage
 from asyncgate.models.jobs import JobStore
+from asyncgate.models.webhooks import WebhookStore
 
 log = logging.getLogger("asyncgate.sweeper")
 
 
 class Sweeper:
-    def __init__(self, store: JobStore, config: SweeperConfig) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        config: SweeperConfig,
+        webhooks: WebhookStore | None = None,
+        *,
+        webhook_retention_seconds: float = 30 * 86400.0,
+    ) -> None:
         self.store = store
         self.config = config
+        self.webhooks = webhooks
+        self.webhook_retention_seconds = webhook_retention_seconds
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -39,12 +50,25 @@ class Sweeper:
             if deleted < self.config.batch:
                 return total
 
+    async def sweep_deliveries_once(self) -> int:
+        """Delete every webhook delivery past retention, batch by batch; returns how many."""
+        total = 0
+        while self.webhooks is not None:
+            deleted = await self.webhooks.sweep(self.webhook_retention_seconds, self.config.batch)
+            total += deleted
+            if deleted < self.config.batch:
+                break
+        return total
+
     async def _sweep_forever(self) -> None:
         while True:
             try:
                 deleted = await self.sweep_once()
                 if deleted:
                     log.info("sweeper deleted %d expired job(s)", deleted)
+                deliveries = await self.sweep_deliveries_once()
+                if deliveries:
+                    log.info("sweeper deleted %d webhook delivery(ies) past retention", deliveries)
             except Exception as exc:
                 if not is_outage(exc):
                     log.exception("sweep failed")
