@@ -1,4 +1,4 @@
-"""asyncgate: serve, api, worker, migrate and keys."""
+"""asyncgate: serve, api, worker, migrate, keys and jobs."""
 
 from __future__ import annotations
 
@@ -68,11 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     key_commands.add_parser("list", help="list keys (never the keys themselves)")
     disable = key_commands.add_parser("disable", help="disable a key by name")
     disable.add_argument("name", help="the name the key was created with")
+    from asyncgate.dba import add_jobs_command
+
+    add_jobs_command(add_command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "jobs":
+        from asyncgate import dba
+
+        dba.check(args)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -114,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         if args.command == "keys":
             return asyncio.run(_keys(settings, url, args))
+        if args.command == "jobs":
+            from asyncgate import dba
+
+            return dba.run(settings, url, args)
 
         from asyncgate import server
 

@@ -29,7 +29,17 @@ DOMAIN = {
     "status",
     "trace",
 }
-COMPOSITION = {"__main__", "app", "cli", "connections", "runtime", "server", "services"}
+COMPOSITION = {
+    "__main__",
+    "app",
+    "cli",
+    "connections",
+    "dba",
+    "dba_output",
+    "runtime",
+    "server",
+    "services",
+}
 
 # package -> top-level modules it must never import
 FORBIDDEN = {
