@@ -30,7 +30,7 @@ from asyncgate.dba_output import (
 )
 from asyncgate.errors import CANCELLED_STATUS_CODE, error_body
 from asyncgate.kinds import Kind
-from asyncgate.models.database import Database
+from asyncgate.models.database import Database, DatabaseUnavailable
 from asyncgate.models.inspect import JobInspector
 from asyncgate.models.jobs import JobStore
 from asyncgate.models.maintenance import JobMaintenance
@@ -132,6 +132,9 @@ def run(settings: Settings, url: str, args: argparse.Namespace) -> int:
             purged.report(args.json)
         print("asyncgate: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except DatabaseUnavailable as exc:  # lost after start-up, like an unreachable database
+        print(f"asyncgate: {exc}", file=sys.stderr)
+        return REFUSED
 
 
 async def _run(settings: Settings, url: str, args: argparse.Namespace, purged: Purged) -> int:

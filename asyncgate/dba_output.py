@@ -109,6 +109,7 @@ def stats_document(stats: JobStats) -> dict[str, Any]:
 
 
 def stats_text(stats: JobStats) -> str:
+    """The counts as a table, then the queue's age and the recent throughput in two lines."""
     rows = [(s.value, k.value, str(n)) for (s, k), n in sorted(stats.counts.items())]
     oldest = stats.oldest_pending_seconds
     finished = ", ".join(f"{stats.finished[m]} in {m} min" for m in WINDOWS)
@@ -141,6 +142,7 @@ class Meter:
         self.shown = False
 
     def show(self, deleted: int) -> None:
+        """Rewrite the line with the total so far, at most five times a second."""
         now = time.monotonic()
         if now - self.started < 1.0 or now - self.last < 0.2:
             return
@@ -169,6 +171,7 @@ class Purged:
     meter: Meter | None = None
 
     def report(self, json_wanted: bool) -> None:
+        """Print the total on stdout (ending any progress line first)."""
         if self.meter is not None:
             self.meter.done()
         document = {

@@ -163,6 +163,7 @@ class JobInspector:
         return JobDetail(r[0], Kind(r[1]), JobStatus(r[2]), *r[3:])
 
     async def stats(self) -> JobStats:
+        """Counts over the whole table (one scan), and the queue's age from the pending index."""
         counts = {
             (JobStatus(status), Kind(kind)): int(n)
             for status, kind, n in await self.db.read(COUNTS, ())
