@@ -1,4 +1,4 @@
-"""asyncgate: serve, api, worker, migrate and keys."""
+"""asyncgate: serve, api, worker, migrate, keys and jobs."""
 
 from __future__ import annotations
 
@@ -69,13 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     disable = key_commands.add_parser("disable", help="disable a key by name")
     disable.add_argument("name", help="the name the key was created with")
     from asyncgate import webhook_commands
+    from asyncgate.dba import add_jobs_command
 
-    webhook_commands.add_parser(commands, config_after)
+    add_jobs_command(add_command)
+    webhook_commands.add_parser(add_command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "jobs":
+        from asyncgate import dba
+
+        dba.check(args)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -119,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_keys(settings, url, args))
         if args.command == "webhooks":
             return asyncio.run(_webhooks(settings, url, args))
+        if args.command == "jobs":
+            from asyncgate import dba
+
+            return dba.run(settings, url, args)
 
         from asyncgate import server
 

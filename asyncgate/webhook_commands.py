@@ -11,6 +11,7 @@ import argparse
 import re
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from asyncgate.cli import table
@@ -35,11 +36,9 @@ _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
-def add_parser(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
-    """Add ``webhooks`` and its subcommands to the CLI."""
-    webhooks = commands.add_parser(
-        "webhooks", parents=[parent], help="manage webhook endpoints and deliveries"
-    )
+def add_parser(add_command: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add ``webhooks`` and its subcommands to the CLI (``add_command`` adds one command)."""
+    webhooks = add_command("webhooks", help="manage webhook endpoints and deliveries")
     sub = webhooks.add_subparsers(dest="webhooks_command", required=True)
     create = sub.add_parser("create", help="create an endpoint and print its secret once")
     create.add_argument("name", help="unique name; clients send it in x-bf-async-webhook")

@@ -6,6 +6,10 @@ process keeps a single connection listening there (reconnecting by itself, like
 an entry in a dict, never a database connection. Notifications sent while the connection was
 down are lost, so after every (re)connect the jobs still waited on are read again in one query
 and the waiters of those that finished meanwhile are woken.
+
+The same connection hears :data:`models.jobs.REQUEUED_CHANNEL`: a job an operator sent back to
+``pending`` is no longer terminal, so the store's cached answer for it is dropped (all of them
+after a reconnect, since such a notification may have been missed).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import psycopg
 
 from asyncgate.models.database import is_outage
-from asyncgate.models.jobs import DONE_CHANNEL, JobStore, JobView
+from asyncgate.models.jobs import DONE_CHANNEL, REQUEUED_CHANNEL, JobStore, JobView
 
 log = logging.getLogger("asyncgate.events")
 
@@ -133,15 +137,20 @@ class JobEvents:
                     application_name=APPLICATION_NAME,
                 ) as conn:
                     await conn.execute(f"LISTEN {DONE_CHANNEL}")
+                    await conn.execute(f"LISTEN {REQUEUED_CHANNEL}")
                     if not first:
                         self.reconnects += 1
                         log.info("completion events listening again; re-reading waited jobs")
                     first = False
                     self.connected.set()
                     await self._recheck()
+                    self.store.forget()  # requeues announced meanwhile were missed
                     async for notify in conn.notifies():
                         with contextlib.suppress(ValueError):
-                            self.wake(uuid.UUID(notify.payload))
+                            if notify.channel == REQUEUED_CHANNEL:
+                                self.store.forget(uuid.UUID(notify.payload))
+                            else:
+                                self.wake(uuid.UUID(notify.payload))
             except (psycopg.Error, OSError) as exc:
                 if self.connected.is_set():
                     log.warning("completion events connection lost: %s", exc.__class__.__name__)

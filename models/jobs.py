@@ -32,6 +32,9 @@ NOTIFY_CHANNEL = "asyncgate_jobs"
 DONE_CHANNEL = "asyncgate_done"
 """Carries the id of every job that just became terminal, sent by the statement that made it."""
 _DONE = f"pg_notify('{DONE_CHANNEL}', id::text)"
+REQUEUED_CHANNEL = "asyncgate_requeued"
+"""Carries the id of every terminal job an operator sent back to ``pending``: API processes
+drop their cached answer for it (:meth:`JobStore.forget`)."""
 
 
 @dataclass(slots=True)
@@ -691,6 +694,14 @@ class JobStore:
             if len(self._terminal) > self.cache_size:
                 self._terminal.popitem(last=False)
         return view
+
+    def forget(self, job_id: uuid.UUID | None = None) -> None:
+        """Drop the cached answers for ``job_id`` (requeued by an operator), or all of them."""
+        if job_id is None:
+            self._terminal.clear()
+            return
+        for cache_key in [k for k in self._terminal if k[0] == job_id]:
+            del self._terminal[cache_key]
 
     async def queue_depth(self) -> tuple[int, int, float]:
         """Pending jobs, processing jobs, and the oldest pending job's age in seconds (0 when

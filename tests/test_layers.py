@@ -35,6 +35,8 @@ COMPOSITION = {
     "app",
     "cli",
     "connections",
+    "dba",
+    "dba_output",
     "runtime",
     "server",
     "services",

@@ -6,16 +6,16 @@ terminal (every path: a worker's result, a failure, a deadline, a cancel), so no
 the two can lose an event, and it notifies ``asyncgate_webhooks`` so that a delivery worker
 sends it at once.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
