@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +107,10 @@ def gateway_config(
     upstream_url: str,
     worker_concurrency: int = 1000,
     provider_concurrency: int = 64,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
-    """The configuration of a gateway process on ``port`` with one provider, ``fake``."""
+    """The configuration of a gateway process on ``port`` with one provider, ``fake``, and
+    the ``extra`` tables (``{"webhooks": {...}}``)."""
     tables: dict[str, dict[str, Any]] = {
         "server": {"host": "127.0.0.1", "port": port},
         "database": {"url": database_url, "pool_size": 10},
@@ -120,6 +122,7 @@ def gateway_config(
             "timeout": 30.0,
             "max_concurrency": provider_concurrency,
         },
+        **(extra or {}),
     }
     return launch.write_config(path, {"log_level": "WARNING"}, tables)
 

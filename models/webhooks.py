@@ -141,14 +141,15 @@ RESOLVE_ENDPOINT = """
 SELECT id, owner_key_id, disabled_at IS NOT NULL FROM async_webhook_endpoints WHERE name = %s
 """
 
-# Enabling resets the exhaustion streak, or the next exhausted delivery would disable it again.
-SET_DISABLED = """
+# Enabling resets the exhaustion streak, or the next exhausted delivery would disable it again,
+# and wakes the delivery workers: the endpoint's waiting deliveries are due.
+SET_DISABLED = f"""
 UPDATE async_webhook_endpoints
 SET disabled_at = CASE WHEN %(disable)s THEN coalesce(disabled_at, now()) END,
     disabled_reason = CASE WHEN %(disable)s THEN coalesce(disabled_reason, %(reason)s) END,
     exhausted_in_a_row = CASE WHEN %(disable)s THEN exhausted_in_a_row ELSE 0 END
 WHERE name = %(name)s
-RETURNING id
+RETURNING id, CASE WHEN NOT %(disable)s THEN pg_notify('{WEBHOOK_CHANNEL}', '') END
 """
 
 # The current secret becomes the previous one, signing beside the new for the grace period.

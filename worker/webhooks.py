@@ -238,8 +238,9 @@ class Deliverer:
         self.public_url = public_url
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
-        self._saturated = False
-        """The last claim took every free slot: more may be due."""
+        self._more = False
+        """The last claim found deliveries: more may be due once a slot or an endpoint's cap
+        frees up, so each finished attempt looks again."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._deliver_forever(), name="webhook-deliveries")
@@ -303,14 +304,11 @@ class Deliverer:
             task = asyncio.create_task(self._attempt_logged(delivery), name="webhook-attempt")
             self._running.add(task)
             task.add_done_callback(self._finished)
-        if len(claimed) == free:
-            self._saturated = True
+        self._more = bool(claimed)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
-        if self._saturated:
-            # more may be due than there were free slots: look again now a slot is free
-            self._saturated = False
+        if self._more:
             self.wake.set()
 
     async def _attempt_logged(self, delivery: ClaimedDelivery) -> None:
