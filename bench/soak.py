@@ -36,6 +36,7 @@ from typing import Any, NoReturn
 
 import aiohttp
 
+from bench import soak_webhooks
 from bench.soak_checks import (
     check,
     poll_sample,
@@ -63,6 +64,7 @@ from bench.soak_setup import (
 )
 from bench.soak_sockets import HostileClients, raise_file_limit
 from bench.soak_traffic import (
+    PROBE_JOB,
     Chaos,
     Probe,
     Submissions,
@@ -73,6 +75,7 @@ from bench.soak_traffic import (
 )
 from tests import launch
 from tests.launch import ROOT
+from tests.receiver import Receiver
 
 
 def _interrupt(signum: int, frame: object) -> NoReturn:
@@ -119,7 +122,13 @@ async def wait_ready(api: str, fleet: Fleet) -> None:
 
 
 async def drive(
-    args: argparse.Namespace, fleet: Fleet, pg: Postgres, db_url: str, api: str, upstream: str
+    args: argparse.Namespace,
+    fleet: Fleet,
+    pg: Postgres,
+    db_url: str,
+    api: str,
+    upstream: str,
+    receiver: Receiver,
 ) -> dict[str, Any]:
     await wait_ready(api, fleet)
     subs = Submissions()
@@ -150,6 +159,9 @@ async def drive(
         ids = [uuid.UUID(i) for i in subs.accepted]
         drained = await wait_terminal(db_url, ids, args.max_wait)
         finished = time.monotonic()
+        hooked = {job for job, spec in subs.accepted.items() if spec is not PROBE_JOB}
+        await soak_webhooks.wait_delivered(receiver, hooked, args.max_wait)
+        delivered = time.monotonic()
     finally:
         stop.set()
         stop_probing.set()
@@ -188,13 +200,15 @@ async def drive(
                 None if first_after is None or back is None else round(first_after - back, 2)
             ),
             "outage": outage_figures(subs, probes, chaos),
+            "webhooks": soak_webhooks.figures(receiver, hooked),
             "hostile_connections": hostile.figures(),
             "file_limit": args.file_limit,
             "unplanned_exits": [vars(u) for u in fleet.unplanned],
             "duration_seconds": {
                 "submit": round(submitted - started, 1),
                 "drain": round(finished - submitted, 1),
-                "total": round(finished - started, 1),
+                "webhooks_after_drain": round(delivered - finished, 1),
+                "total": round(delivered - started, 1),
             },
             "settings": {
                 "workers": WORKERS,
@@ -275,6 +289,7 @@ def _sockets(c: dict[str, Any]) -> str:
 def summary(f: dict[str, Any]) -> str:
     s, e, d = f["submit"], f["executions"], f["duration_seconds"]
     x, o, h = f["double_successes"], f["outage"], f["hostile_connections"]
+    w = f["webhooks"]
     lines = [
         f"soak: {f['jobs_requested']} jobs at {f['rate_per_second']:g}/s, seed {f['seed']}, "
         f"{WORKERS} workers, upstream faults {FAULTS}",
@@ -318,6 +333,11 @@ def summary(f: dict[str, Any]) -> str:
         f"                          slowloris {_sockets(h['slowloris'])} "
         f"(open-file limit {f['file_limit']})",
         f"  errors in gateway logs  {sum(f['errors_in_logs'].values()):>7}",
+        f"  webhooks                {w['delivered']:>7} of {w['jobs_expecting_an_event']} "
+        f"events delivered, missing {w['missing']}; {w['attempts_received']} attempts "
+        f"received, {w['refused_by_receiver']} refused by the receiver "
+        f"({w['fail_ratio']:.0%} fail), {w['delivered_more_than_once']} delivered twice or "
+        f"more, {w['events_with_several_ids']} under several webhook-ids",
     ]
     lines += [f"      {n:>5}  {text}" for text, n in list(f["errors_in_logs"].items())[:10]]
     lines += [
@@ -340,6 +360,8 @@ def passed(f: dict[str, Any]) -> bool:
         and f["doubles"] == 0
         and f["double_successes"]["defects"] == 0
         and f["drained"]
+        and f["webhooks"]["missing"] == 0
+        and f["webhooks"]["events_with_several_ids"] == 0
     )
 
 
@@ -384,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     pg = Postgres(workdir / "pgdata")
     upstream = UpstreamProcess(workdir, args.seed)
     fleet: Fleet | None = None
+    receiver = soak_webhooks.start_receiver(args.seed)
     try:
         admin_url = pg.start()
         launch.create_database(admin_url, "soak")
@@ -395,10 +418,11 @@ def main(argv: list[str] | None = None) -> int:
         api_port = launch.free_port()
         config = workdir / "asyncgate.toml"
         write_config(config, db_url, upstream.url, api_port)
+        soak_webhooks.create_endpoint(config, receiver, launch.child_environment())
         fleet = Fleet(workdir, config)
         fleet.start()
         figures = asyncio.run(
-            drive(args, fleet, pg, db_url, f"http://127.0.0.1:{api_port}", upstream.url)
+            drive(args, fleet, pg, db_url, f"http://127.0.0.1:{api_port}", upstream.url, receiver)
         )
     except KeyboardInterrupt:
         print("soak: interrupted; cleaning up", file=sys.stderr)
@@ -413,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             if fleet is not None:
                 fleet.stop()
             upstream.stop()
+            receiver.stop()
         finally:
             pg.close()
             if args.keep:

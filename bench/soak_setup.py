@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import soak_webhooks
 from tests import launch
 
 WORKERS = 2
@@ -249,5 +250,6 @@ def write_config(path: Path, database_url: str, upstream_url: str, api_port: int
         "sweeper": {"interval_seconds": 3600.0},
         "providers.fake": provider,
         "providers.backup": dict(provider),
+        "webhooks": soak_webhooks.SETTINGS,
     }
     launch.write_config(path, {"log_level": "INFO"}, tables)

@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 
 from bench.soak_setup import Fleet, Postgres
+from bench.soak_webhooks import WEBHOOK, WEBHOOK_HEADER
 
 KILL_INTERVAL = (8.0, 15.0)
 SUBMIT_GIVE_UP_SECONDS = 120.0
@@ -74,6 +75,10 @@ class Submissions:
     """Seconds taken by every 503."""
 
 
+WEBHOOK_HEADERS = {WEBHOOK_HEADER: WEBHOOK}
+"""Every soak job (not the probes) announces itself to the soak's webhook endpoint."""
+
+
 async def submit_one(
     session: aiohttp.ClientSession, api: str, spec: JobSpec, subs: Submissions
 ) -> None:
@@ -84,7 +89,9 @@ async def submit_one(
         pause = 0.25
         try:
             sent = time.monotonic()
-            async with session.post(f"{api}/v1/async/{spec.path}", json=spec.body) as response:
+            async with session.post(
+                f"{api}/v1/async/{spec.path}", json=spec.body, headers=WEBHOOK_HEADERS
+            ) as response:
                 raw = await response.read()
                 now = time.monotonic()
                 if response.status == 202:

@@ -173,7 +173,7 @@ async def run(
     upstream_url, _ = procs.start_upstream("webhooks-upstream", work / "upstream.port", 0.0)
     with Receiver() as receiver:
         port = free_port()
-        configs = tuple(
+        keyless, keyed = (
             gateway_config(
                 work / f"webhooks-{name}.toml",
                 port=port,
@@ -186,8 +186,8 @@ async def run(
                 ("keyed", {"secret_key": "bench-webhook-secret-key-0123456789"}),
             )
         )
-        cli(configs[1], "create", HOOK, receiver.url)
-        return await measure(url, procs, configs, port, receiver, backlog, jobs, rate)  # type: ignore[arg-type]
+        cli(keyed, "create", HOOK, receiver.url)
+        return await measure(url, procs, (keyless, keyed), port, receiver, backlog, jobs, rate)
 
 
 def main(argv: list[str] | None = None) -> int:

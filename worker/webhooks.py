@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 import urllib.parse
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -258,7 +259,7 @@ class Deliverer:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def deliver_now(self, delivery_id: object) -> Attempt | None:
+    async def deliver_now(self, delivery_id: uuid.UUID) -> Attempt | None:
         """Claim the one delivery ``delivery_id`` and attempt it in this task (``webhooks
         test``); None if it was not due or is held elsewhere."""
         claimed = await self.store.claim(
@@ -267,7 +268,7 @@ class Deliverer:
             per_endpoint=self.config.concurrency_per_endpoint,
             lease_seconds=self._lease_seconds,
             max_payload_bytes=self.config.max_payload_bytes,
-            only=delivery_id,  # type: ignore[arg-type]
+            only=delivery_id,
         )
         if not claimed:
             return None
