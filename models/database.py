@@ -50,6 +50,9 @@ HEARTBEAT_SECONDS = 2.0
 """How often the watch connection runs a query, to notice a network that went silent."""
 HEALTH_SECONDS = 1.0
 """Most time ``/health`` spends asking PostgreSQL before it answers 503."""
+PREPARE_THRESHOLD = 5
+"""Executions of a statement on one direct connection before it is prepared (psycopg's own
+default): on PostgreSQL 15 a prepared claim runs in under half the time of an unprepared one."""
 
 # Failures that mean "PostgreSQL is not reachable or not answering", as opposed to a bad query.
 _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
@@ -167,9 +170,10 @@ class Database:
         self.url = url
         self.listen_url = listen_url or url
         """Where connections that keep session state (LISTEN) connect: ``url`` unless given."""
-        self.pooled = listen_url is not None
+        self.pooled = bool(listen_url)
         """Whether ``url`` is taken to lead through a transaction-mode pooler."""
-        self.prepare_threshold: int | None = None if self.pooled else 5
+        self.prepare_threshold: int | None = None if self.pooled else PREPARE_THRESHOLD
+        """Executions after which psycopg prepares a statement on the server; None: never."""
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
         self.check_idle_seconds = check_idle_seconds
