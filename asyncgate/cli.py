@@ -104,20 +104,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from asyncgate.models.database import DatabaseUnreachable, wait_until_reachable
 
     with database(settings) as url:
+        # Migrations hold an advisory lock across transactions: they need a session of their
+        # own, which a transaction-mode pooler on url does not give.
+        direct = settings.database.listen_url.reveal() if settings.database.listen_url else url
         try:
-            wait_until_reachable(
-                url,
-                timeout=settings.database.startup_timeout_seconds,
-                connect_timeout=settings.database.connect_timeout,
-            )
+            for reached in dict.fromkeys((url, direct)):
+                wait_until_reachable(
+                    reached,
+                    timeout=settings.database.startup_timeout_seconds,
+                    connect_timeout=settings.database.connect_timeout,
+                )
             if args.command == "migrate":
                 if args.downgrade:
-                    migrate.downgrade(url, args.downgrade)
+                    migrate.downgrade(direct, args.downgrade)
                 else:
-                    migrate.upgrade(url, args.revision)
+                    migrate.upgrade(direct, args.revision)
                 print("migrations applied")
                 return 0
-            migrate.upgrade(url)
+            migrate.upgrade(direct)
         except DatabaseUnreachable as exc:
             print(f"asyncgate: {exc}", file=sys.stderr)
             return 1

@@ -84,6 +84,9 @@ class ServerConfig:
 class DatabaseConfig:
     url: Secret | None = None
     """External PostgreSQL URL; when unset an embedded PostgreSQL runs in ``data_dir``."""
+    listen_url: Secret | None = None
+    """A direct PostgreSQL URL (not through a pooler) for what needs a session: the LISTEN
+    connections and the migrations. Unset: ``url`` serves them too. Needs ``url``."""
     data_dir: str = ".asyncgate/pgdata"
     pool_size: int = 10
     connect_timeout: float = 5.0
@@ -438,6 +441,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {hint}")
 
 
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
 _POSITIVE_SERVER_KEYS = (
     "processes",
     "header_timeout_seconds",
@@ -466,6 +471,14 @@ def _check(settings: Settings) -> None:
         problems.append("database.connect_timeout must be positive")
     if not 0 <= d.startup_timeout_seconds <= 86400:
         problems.append("database.startup_timeout_seconds must be between 0 and 86400")
+    if d.listen_url is not None:
+        if d.url is None:
+            problems.append(
+                "database.listen_url needs database.url (the embedded PostgreSQL is reached "
+                "directly)"
+            )
+        if not d.listen_url.reveal().startswith(_POSTGRES_SCHEMES):
+            problems.append("database.listen_url must be a postgresql:// URL")
     limits = settings.limits
     for name in ("max_json_bytes", "max_upload_bytes"):
         if getattr(limits, name) < 1:

@@ -34,8 +34,11 @@ from asyncgate.worker.webhooks import Deliverer, Sender, client_session
 
 @contextlib.asynccontextmanager
 async def open_database(settings: Settings, url: str) -> AsyncIterator[Database]:
+    """The pool on ``url``; session work goes to ``database.listen_url`` when that is set."""
+    listen_url = settings.database.listen_url
     db = Database(
         url,
+        listen_url=listen_url.reveal() if listen_url is not None else None,
         pool_size=settings.database.pool_size,
         connect_timeout=settings.database.connect_timeout,
     )
@@ -58,7 +61,7 @@ async def api_services(
     committer = group_committer(
         store, on_commit=local_worker.notifications.event.set if local_worker else None
     )
-    events = JobEvents(db.url, store)
+    events = JobEvents(db.listen_url, store)
     committer.start()
     events.start()
     try:
@@ -97,7 +100,7 @@ async def worker_runtime(
 ) -> AsyncIterator[WorkerRuntime]:
     """A running worker and sweeper; leaving the block stops them gracefully."""
     store = JobStore(db)
-    notifications = JobNotifications(db.url)
+    notifications = JobNotifications(db.listen_url)
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=True) as session:
         upstream = Upstream(session, max_response_bytes=settings.worker.max_response_bytes)

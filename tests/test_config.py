@@ -103,6 +103,23 @@ def test_database_url_fallback() -> None:
     assert both.database.url == Secret("postgresql://preferred/db")
 
 
+def test_listen_url_from_file_and_environment(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[database]\nurl = 'postgresql://pooler:6432/jobs'\n"
+        "listen_url = 'postgresql://db:5432/jobs'\n",
+    )
+    database = load_settings(path, environ={}).database
+    assert database.listen_url == Secret("postgresql://db:5432/jobs")
+    assert "db:5432" not in repr(database)
+    env = {
+        "ASYNCGATE_DATABASE_URL": "postgresql://pooler:6432/jobs",
+        "ASYNCGATE_DATABASE_LISTEN_URL": "postgres://direct:5432/jobs",
+    }
+    assert load_settings(environ=env).database.listen_url == Secret("postgres://direct:5432/jobs")
+    assert load_settings(environ={}).database.listen_url is None
+
+
 def test_secrets_never_show(tmp_path: Path) -> None:
     env = {
         "OPENAI_TEST_KEY": "sk-openai-very-secret",
@@ -167,6 +184,13 @@ def test_secrets_never_show(tmp_path: Path) -> None:
         ("", {"ASYNCGATE_DATABASE_STARTUP_TIMEOUT_SECONDS": "soon"}, "startup_timeout_seconds"),
         ("[database]\nconnect_timeout = 0\n", {}, "database.connect_timeout"),
         ("[database]\npool_size = 0\n", {}, "database.pool_size"),
+        ("[database]\nlisten_url = 'postgresql://db/jobs'\n", {}, "database.listen_url needs"),
+        (
+            "[database]\nurl = 'postgresql://pooler/jobs'\nlisten_url = 'db:5432'\n",
+            {},
+            "database.listen_url must be",
+        ),
+        ("", {"ASYNCGATE_DATABASE_LISTEN_URL": "postgresql://db/jobs"}, "database.listen_url"),
         ("[worker\nconcurrency = 1\n", {}, "cannot read config file"),
         ("[server]\nheader_timeout_seconds = 0\n", {}, "server.header_timeout_seconds"),
         ("[server]\nidle_timeout_seconds = -1.5\n", {}, "server.idle_timeout_seconds"),
