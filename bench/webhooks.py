@@ -95,6 +95,7 @@ async def measure(
     backlog: int,
     jobs: int,
     rate: float,
+    per_endpoint: int,
 ) -> dict[str, Any]:
     api_url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -134,6 +135,9 @@ async def measure(
             "FROM async_webhook_deliveries ORDER BY created_at DESC LIMIT %s",
             (jobs,),
         ).fetchall()
+        latencies = conn.execute(
+            "SELECT latency_ms / 1000.0 FROM async_webhook_attempts"
+        ).fetchall()
     written = {job_id: created for job_id, created, _ in rows}
     arrived = {d.json["data"]["job_id"]: d.arrived for d in receiver.deliveries[arrivals_before:]}
     to_receiver = [arrived[j] - written[j] for j in written if j in arrived]
@@ -142,11 +146,13 @@ async def measure(
     )
     return {
         "backlog": backlog,
+        "concurrency_per_endpoint": per_endpoint,
         "deliveries_per_second": round(backlog / span, 1) if span > 0 else None,
         "jobs": jobs,
         "rate": rate,
         "terminal_to_first_attempt_ms": latency_summary([r[2] for r in rows]),
         "terminal_to_receiver_ms": latency_summary(to_receiver),
+        "attempt_latency_ms": latency_summary([float(r[0]) for r in latencies]),
         "received": len(receiver.deliveries),
         "duplicates": duplicates,
     }
@@ -157,7 +163,8 @@ def report(figures: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"webhooks: {figures['backlog']} waiting deliveries sent at "
-            f"{figures['deliveries_per_second']} deliveries/s (one serve process)",
+            f"{figures['deliveries_per_second']} deliveries/s (one serve process, "
+            f"{figures['concurrency_per_endpoint']} in flight per endpoint)",
             f"  {figures['jobs']} jobs at {figures['rate']:g}/s: terminal write -> first attempt "
             f"p50 {first['p50_ms']:.1f} ms, p99 {first['p99_ms']:.1f} ms "
             f"(goal <= {GOAL_P50_MS:g} / {GOAL_P99_MS:g}); -> at the receiver "
@@ -168,7 +175,13 @@ def report(figures: dict[str, Any]) -> str:
 
 
 async def run(
-    url: str, work: Path, procs: Processes, backlog: int, jobs: int, rate: float
+    url: str,
+    work: Path,
+    procs: Processes,
+    backlog: int,
+    jobs: int,
+    rate: float,
+    per_endpoint: int,
 ) -> dict[str, Any]:
     upstream_url, _ = procs.start_upstream("webhooks-upstream", work / "upstream.port", 0.0)
     with Receiver() as receiver:
@@ -179,7 +192,14 @@ async def run(
                 port=port,
                 database_url=url,
                 upstream_url=upstream_url,
-                extra={"webhooks": {"allow_http": True, "allow_private_networks": True, **key}},
+                extra={
+                    "webhooks": {
+                        "allow_http": True,
+                        "allow_private_networks": True,
+                        "concurrency_per_endpoint": per_endpoint,
+                        **key,
+                    }
+                },
             )
             for name, key in (
                 ("keyless", {}),
@@ -187,7 +207,9 @@ async def run(
             )
         )
         cli(keyed, "create", HOOK, receiver.url)
-        return await measure(url, procs, (keyless, keyed), port, receiver, backlog, jobs, rate)
+        return await measure(
+            url, procs, (keyless, keyed), port, receiver, backlog, jobs, rate, per_endpoint
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,13 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog", type=int, default=2000)
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument(
+        "--per-endpoint", type=int, default=8, help="webhooks.concurrency_per_endpoint"
+    )
     parser.add_argument("--database-url", help="PostgreSQL admin URL (default: embedded server)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), type=Path)
     args = parser.parse_args(argv)
     out: Path = args.out
 
     async def scenario(url: str, work: Path, procs: Processes) -> dict[str, Any]:
-        return await run(url, work, procs, args.backlog, args.jobs, args.rate)
+        return await run(url, work, procs, args.backlog, args.jobs, args.rate, args.per_endpoint)
 
     figures = run_scenario("asyncgate-webhooks-", args.database_url, out, scenario)
     first = figures["terminal_to_first_attempt_ms"]

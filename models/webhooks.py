@@ -395,9 +395,12 @@ class WebhookStore:
             "only": only,
         }
         statement = CLAIM.format(only="" if only is None else "AND d.id = %(only)s")
-        async with self.db.connection() as conn, conn.transaction():
+        # One round trip (a pipeline) for the transaction's four statements: the claim still
+        # runs after the lock is granted, on a snapshot that sees the claims committed before.
+        async with self.db.connection() as conn, conn.pipeline(), conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
-            rows = await (await conn.execute(statement, params)).fetchall()
+            cursor = await conn.execute(statement, params)
+        rows = await cursor.fetchall()
         return [ClaimedDelivery(row[0], Event(row[1]), *row[2:]) for row in rows]
 
     async def record(

@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from asyncgate.config import Secret
 from asyncgate.models.database import Database
@@ -43,7 +44,9 @@ from tests.helpers import (
     submit_ok,
 )
 from tests.launch import free_port
+from tests.receiver import Receiver
 from tests.spec_check import SpecChecker
+from tests.test_webhooks import FAST
 from tests.upstream import UpstreamThread
 
 PGBOUNCER = Path("/usr/sbin/pgbouncer")
@@ -340,3 +343,25 @@ def test_listen_url_without_url_is_a_configuration_error(tmp_path: Path) -> None
     )
     assert done.returncode == 2
     assert "database.listen_url needs database.url" in done.stderr
+
+
+def test_webhooks_are_claimed_and_delivered_through_pgbouncer(
+    bounced_gateway_factory: Callable[..., Gateway], database_url: str
+) -> None:
+    admin = create_key(database_url, "admin", admin=True)
+    gateway = bounced_gateway_factory(webhooks=FAST)
+    with Receiver(answers=[503]) as receiver:
+        created = gateway.client.post(
+            f"{gateway.url}/api/webhooks/endpoints",
+            json={"name": "hook", "url": receiver.url},
+            headers={"Authorization": f"Bearer {admin}"},
+        )
+        assert created.status_code == 201, created.text
+        jobs = [
+            gateway.submit(CHAT, json=chat(), headers={"x-bf-async-webhook": "hook"}).json()["id"]
+            for _ in range(12)
+        ]
+        wait_for(lambda: {d.json["data"]["job_id"] for d in receiver.deliveries} >= set(jobs))
+        wait_for(lambda: len(receiver.deliveries) == 13)  # one refused first, then retried
+        for delivery in receiver.deliveries:
+            Webhook(created.json()["secret"]).verify(delivery.body, delivery.headers)
