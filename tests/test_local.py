@@ -6,11 +6,16 @@ the local provider and ``down``, a remote provider nothing listens on, for the f
 
 from __future__ import annotations
 
+import base64
+import io
 import uuid
+import wave
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image, ImageDraw, ImageFont
 
 from asyncgate import local
 from asyncgate.config import ProviderConfig
@@ -95,6 +100,146 @@ def test_text_completion_and_response(gateway: Gateway) -> None:
     assert response["object"] == "response"
     assert response["output"][0]["content"][0]["text"].strip()
     assert 0 < response["usage"]["output_tokens"] <= 16
+
+
+def embed(gateway: Gateway, texts: list[str], encoding_format: str = "float") -> np.ndarray:
+    result = run(
+        gateway,
+        "/v1/async/embeddings",
+        {"model": "local/all-minilm-l6-v2", "input": texts, "encoding_format": encoding_format},
+    )
+    assert result["usage"]["prompt_tokens"] > len(texts)
+    if encoding_format == "base64":
+        return np.array(
+            [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in result["data"]]
+        )
+    return np.array([d["embedding"] for d in result["data"]])
+
+
+def test_embedding_is_closer_to_a_paraphrase_than_to_an_unrelated_sentence(
+    gateway: Gateway,
+) -> None:
+    texts = ["A man is playing a guitar.", "Someone plays the guitar.", "The soup is too salty."]
+    vectors = embed(gateway, texts)
+    assert vectors.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    similar, unrelated = vectors[0] @ vectors[1], vectors[0] @ vectors[2]
+    assert similar > 0.6 and similar > unrelated + 0.3
+    assert np.allclose(embed(gateway, texts, "base64"), vectors, atol=1e-6)
+
+
+def test_rerank_orders_the_relevant_document_first(gateway: Gateway) -> None:
+    documents = [
+        "The central bank raised interest rates again.",
+        {"text": "Knead the dough, let it rise, then bake the loaf in a hot oven."},
+        "Penguins live in the southern hemisphere.",
+    ]
+    result = run(
+        gateway,
+        "/v1/async/rerank",
+        {
+            "model": "local/all-minilm-l6-v2",
+            "query": "How do I bake bread at home?",
+            "documents": documents,
+            "top_n": 2,
+            "return_documents": True,
+        },
+    )
+    first, second = result["results"]
+    assert first["index"] == 1 and first["document"] == documents[1]
+    assert first["relevance_score"] > second["relevance_score"]
+
+
+SENTENCE = "The quick brown fox jumps over the lazy dog."
+
+
+def speak(gateway: Gateway, text: str, response_format: str) -> tuple[bytes, str]:
+    result = run(
+        gateway,
+        "/v1/async/audio/speech",
+        {
+            "model": "local/hibari",
+            "input": text,
+            "voice": "heart",
+            "response_format": response_format,
+        },
+    )
+    return base64.b64decode(result["audio"]), result["content_type"]
+
+
+def test_speech_is_a_wav_of_plausible_length(gateway: Gateway) -> None:
+    audio, content_type = speak(gateway, SENTENCE, "wav")
+    assert content_type == "audio/wav"
+    with wave.open(io.BytesIO(audio)) as file:
+        assert (file.getnchannels(), file.getsampwidth(), file.getframerate()) == (1, 2, 24000)
+        seconds = file.getnframes() / file.getframerate()
+    assert 1.5 < seconds < 8.0  # nine words
+    samples = np.frombuffer(audio[44:], "<i2")
+    assert np.abs(samples).max() > 1000  # not silence
+
+
+def test_speech_formats_and_voices(gateway: Gateway) -> None:
+    audio, content_type = speak(gateway, "Hello.", "mp3")
+    assert content_type == "audio/mpeg"
+    assert audio[:3] == b"ID3" or audio[0] == 0xFF
+    audio, content_type = speak(gateway, "Hello.", "flac")
+    assert (content_type, audio[:4]) == ("audio/flac", b"fLaC")
+    refused = gateway.submit(
+        "/v1/async/audio/speech", {"model": "local/hibari", "input": "Hi", "voice": "alloy"}
+    )
+    assert refused.status_code == 400 and "heart" in refused.json()["error"]["message"]
+
+
+def transcribe(gateway: Gateway, audio: bytes, response_format: str) -> dict[str, Any]:
+    return run(
+        gateway,
+        "/v1/async/audio/transcriptions",
+        data={"model": "local/whisper-tiny.en", "response_format": response_format},
+        files={"file": ("speech.wav", audio, "audio/wav")},
+    )
+
+
+def test_transcription_of_synthesised_speech_holds_its_words(gateway: Gateway) -> None:
+    audio, _ = speak(gateway, SENTENCE + " Seven ships sailed into the harbour.", "wav")
+    result = transcribe(gateway, audio, "json")
+    words = result["text"].lower()
+    for word in ("quick", "brown", "fox", "lazy", "dog", "ships"):
+        assert word in words
+    assert result["usage"] == {"type": "duration", "seconds": pytest.approx(6, abs=3)}
+    verbose = transcribe(gateway, audio, "verbose_json")
+    assert len(verbose["segments"]) >= 1 and verbose["segments"][-1]["end"] > 2
+    srt = transcribe(gateway, audio, "srt")["text"]
+    assert srt.startswith("1\n00:00:00,000 --> ") and "fox" in srt
+    vtt = transcribe(gateway, audio, "vtt")["text"]
+    assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> ")
+    assert "fox" in transcribe(gateway, audio, "text")["text"]
+
+
+def rendered(text: str, image_format: str) -> bytes:
+    image = Image.new("RGB", (900, 200), "white")
+    ImageDraw.Draw(image).text((40, 60), text, fill="black", font=ImageFont.load_default(56))
+    out = io.BytesIO()
+    image.save(out, image_format)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("kind", "image_format", "media_type"),
+    [("image_url", "PNG", "image/png"), ("document_url", "PDF", "application/pdf")],
+)
+def test_ocr_reads_rendered_text(
+    gateway: Gateway, kind: str, image_format: str, media_type: str
+) -> None:
+    data = rendered("Invoice 4217 paid", image_format)
+    url = f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+    result = run(
+        gateway,
+        "/v1/async/ocr",
+        {"model": "local/rapidocr", "document": {"type": kind, kind: url}},
+    )
+    (page,) = result["pages"]
+    assert "Invoice 4217" in page["markdown"] and "paid" in page["markdown"]
+    assert result["usage_info"] == {"pages_processed": 1, "doc_size_bytes": len(data)}
 
 
 def test_fallback_from_a_failing_remote_provider_to_local(gateway: Gateway) -> None:

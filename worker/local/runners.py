@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from asyncgate.worker.local import text, vectors
+from asyncgate.worker.local import ocr, speech, text, transcribe, vectors
 from asyncgate.worker.local.child import Answer, FileData
 
 Runner = Callable[[dict[str, Any], list[FileData]], Answer]
@@ -16,4 +16,7 @@ RUNNERS: dict[str, Runner] = {
     "response": text.response,
     "embedding": vectors.embeddings,
     "rerank": vectors.rerank,
+    "speech": speech.speech,
+    "transcription": transcribe.transcription,
+    "ocr": ocr.ocr,
 }
