@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 import uuid
 import wave
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from asyncgate import local
 from asyncgate.config import ProviderConfig
-from tests.conftest import Gateway, make_settings
+from tests.conftest import Gateway, make_settings, wait_for
 from tests.launch import create_database, drop_database, free_port
 from tests.spec_check import SpecChecker
 
@@ -287,3 +288,31 @@ def test_what_local_cannot_serve_is_refused_at_submit(
     response = gateway.submit(path, body)
     assert response.status_code == 400, response.text
     assert says in response.json()["error"]["message"]
+
+
+def test_a_cancelled_generation_stops_and_frees_the_process(gateway: Gateway) -> None:
+    text = "/v1/async/completions"
+    long = gateway.submit(
+        text,
+        {
+            "model": "local/smollm2-135m-instruct",
+            "prompt": "1, 2, 3, 4, 5, 6, 7, 8,",  # the model counts on to max_tokens
+            "max_tokens": 1800,
+        },
+    )
+    job = long.json()["id"]
+    wait_for(lambda: gateway.poll(text, job).json()["status"] == "processing", timeout=30)
+    time.sleep(1.0)  # generating
+    assert gateway.client.post(f"{gateway.url}{text}/{job}/cancel").status_code == 200
+    started = time.monotonic()
+    result = run(
+        gateway,
+        CHAT,
+        {
+            "model": "local/smollm2-135m-instruct",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 4,
+        },
+    )
+    assert result["usage"]["completion_tokens"] > 0
+    assert time.monotonic() - started < 15  # the 1800 tokens alone would take over a minute

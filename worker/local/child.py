@@ -52,9 +52,14 @@ def initialise(flags: Sequence[int]) -> None:
     _flags = flags
 
 
+def stop_requested() -> bool:
+    """Whether the running job's stop flag is up."""
+    return bool(_flags[_slot])
+
+
 def check_stop() -> None:
     """Raise Stopped when the running job's flag is up; runners call it between steps."""
-    if _flags[_slot]:
+    if stop_requested():
         raise Stopped
 
 

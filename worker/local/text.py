@@ -1,7 +1,8 @@
 """Chat completions, text completions and responses with SmolLM2-135M-Instruct (llama.cpp).
 
 Responses are translated to a chat and back. A logits processor checks the stop flag before
-every generated token, so a cancelled job stops within one token.
+every generated token; once it is up, only end-of-text may follow (an exception raised there
+would be swallowed by llama.cpp's sampler callback), so a cancelled job stops within one token.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from asyncgate.worker.local.child import Answer, Refused, cached, check_stop
+import numpy as np
+
+from asyncgate.worker.local.child import Answer, Refused, cached, check_stop, stop_requested
 
 CONTEXT_TOKENS = 2048
 DEFAULT_MAX_TOKENS = 256
@@ -36,7 +39,9 @@ def _model() -> Any:
 
 
 def _stop_check(input_ids: Any, scores: Any) -> Any:
-    check_stop()
+    if stop_requested():
+        scores[:] = -np.inf
+        scores[_model().token_eos()] = 0.0
     return scores
 
 
@@ -65,11 +70,13 @@ def _text(content: Any) -> str:
 
 def _chat(messages: list[dict[str, str]], body: dict[str, Any]) -> dict[str, Any]:
     try:
-        return _model().create_chat_completion(
+        result = _model().create_chat_completion(
             messages=messages, **_options(body, DEFAULT_MAX_TOKENS)
         )
     except ValueError as exc:  # e.g. a prompt longer than the context window
         raise Refused(str(exc), "messages") from exc
+    check_stop()
+    return result
 
 
 def chat_completion(body: dict[str, Any], files: list[Any]) -> Answer:
@@ -99,6 +106,7 @@ def text_completion(body: dict[str, Any], files: list[Any]) -> Answer:
             result = _model().create_completion(prompt=text, **_options(body, 16))
         except ValueError as exc:
             raise Refused(str(exc), "prompt") from exc
+        check_stop()
         for choice in result["choices"]:
             choices.append({**choice, "index": index})
         for key in usage:
