@@ -169,7 +169,9 @@ class Executor:
         answer = "error"
         try:
             if provider.local:
-                reply = await self.local[provider.name].send(job.kind, body, files)
+                reply = await self.local[provider.name].send(
+                    job.kind, body, files, timeout=provider.timeout
+                )
             else:
                 reply = await self.upstream.send(
                     provider, job.kind, body, files, job.id, trace=job.trace

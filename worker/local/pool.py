@@ -46,17 +46,30 @@ class LocalPool:
             initargs=(self.flags,),
         )
 
-    async def send(self, kind: Kind, body: dict[str, Any], files: list[NewFile]) -> UpstreamReply:
-        """Run one job in the pool: the reply an upstream would give, or UpstreamError."""
+    async def send(
+        self, kind: Kind, body: dict[str, Any], files: list[NewFile], *, timeout: float
+    ) -> UpstreamReply:
+        """Run one job in the pool: the reply an upstream would give, or UpstreamError.
+
+        ``timeout`` bounds the run (waiting for a free process not included); running past it
+        is not transient, since the same job would take as long again."""
         await self.slots.acquire()
         slot = self.free.pop()
         self.flags[slot] = 0
         task = asyncio.ensure_future(self._run(slot, kind, body, files))
         try:
-            answer = await asyncio.shield(task)
+            async with asyncio.timeout(timeout):
+                answer = await asyncio.shield(task)
         except asyncio.CancelledError:
             self.flags[slot] = 1
             raise
+        except TimeoutError as exc:
+            self.flags[slot] = 1
+            raise UpstreamError(
+                f"the local model did not finish within {timeout:g}s",
+                status_code=504,
+                error_type="upstream_timeout",
+            ) from exc
         return _reply(answer)
 
     async def _run(
