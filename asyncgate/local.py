@@ -7,6 +7,7 @@ says which model serves which kind; :func:`refusal` turns it into the 400 a subm
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ TEXT_KINDS = (Kind.CHAT_COMPLETION, Kind.TEXT_COMPLETION, Kind.RESPONSE)
 SPEECH_VOICES = ("heart", "af_heart")
 """The voices bundled with the speech model; any other would have to be downloaded."""
 SPEECH_FORMATS = ("wav", "pcm", "mp3", "opus", "aac", "flac")
+UNENCODED_SPEECH_FORMATS = ("wav", "pcm")
+"""The speech formats written without PyAV (package av), which encodes the others."""
 TRANSCRIPT_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 EMBEDDING_DIMENSIONS = 384
 EXTRA_MODULES = (
@@ -65,6 +68,12 @@ def available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in EXTRA_MODULES)
 
 
+@functools.cache
+def speech_formats() -> tuple[str, ...]:
+    """The speech formats this installation writes: all of them when PyAV can be imported."""
+    return SPEECH_FORMATS if importlib.util.find_spec("av") else UNENCODED_SPEECH_FORMATS
+
+
 def refusal(kind: Kind, model: str, body: Mapping[str, Any]) -> tuple[str, str] | None:
     """``(message, param)`` of why the local ``model`` (bare name) cannot run this request, or
     None when it can."""
@@ -93,8 +102,8 @@ def _embedding(body: Mapping[str, Any]) -> tuple[str, str] | None:
 def _speech(body: Mapping[str, Any]) -> tuple[str, str] | None:
     if body.get("voice") not in SPEECH_VOICES:
         return f"the local speech model has the voices {', '.join(SPEECH_VOICES)}", "voice"
-    if body.get("response_format", "mp3") not in SPEECH_FORMATS:
-        return f"local speech formats are {', '.join(SPEECH_FORMATS)}", "response_format"
+    if body.get("response_format", "mp3") not in speech_formats():
+        return f"local speech formats are {', '.join(speech_formats())}", "response_format"
     return None
 
 

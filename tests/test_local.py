@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from asyncgate import local
 from asyncgate.config import ProviderConfig
+from asyncgate.kinds import Kind
 from tests.conftest import Gateway, make_settings, wait_for
 from tests.launch import create_database, drop_database, free_port
 from tests.spec_check import SpecChecker
@@ -316,3 +317,19 @@ def test_a_cancelled_generation_stops_and_frees_the_process(gateway: Gateway) ->
     )
     assert result["usage"]["completion_tokens"] > 0
     assert time.monotonic() - started < 15  # the 1800 tokens alone would take over a minute
+
+
+def test_speech_formats_without_pyav_are_refused_naming_the_ones_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    local.speech_formats.cache_clear()
+    monkeypatch.setattr(local.importlib.util, "find_spec", lambda name: None)
+    try:
+        body = {"voice": "heart", "response_format": "mp3"}
+        assert local.refusal(Kind.SPEECH, "hibari", body) == (
+            "local speech formats are wav, pcm",
+            "response_format",
+        )
+        assert local.refusal(Kind.SPEECH, "hibari", {**body, "response_format": "wav"}) is None
+    finally:
+        local.speech_formats.cache_clear()
