@@ -333,3 +333,18 @@ def test_speech_formats_without_pyav_are_refused_naming_the_ones_left(
         assert local.refusal(Kind.SPEECH, "hibari", {**body, "response_format": "wav"}) is None
     finally:
         local.speech_formats.cache_clear()
+
+
+def test_a_local_job_past_its_deadline_fails_and_frees_the_process(gateway: Gateway) -> None:
+    text = "/v1/async/completions"
+    long = gateway.submit(
+        text,
+        {"model": "local/smollm2-135m-instruct", "prompt": "1, 2, 3, 4,", "max_tokens": 1800},
+        headers={"x-bf-async-timeout": "3"},
+    )
+    job = gateway.wait_terminal(text, long.json()["id"], timeout=30)
+    assert (job["status"], job["status_code"]) == ("failed", 504)
+    assert job["error"]["error"]["type"] == "job_deadline_exceeded"
+    started = time.monotonic()
+    run(gateway, text, {"model": "local/smollm2-135m-instruct", "prompt": "Hi", "max_tokens": 2})
+    assert time.monotonic() - started < 15
