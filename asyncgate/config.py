@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from asyncgate import local
+
 ENV_PREFIX = "ASYNCGATE_"
 MAX_WAIT_LIMIT = 3600
 """Upper bound of ``jobs.max_wait_seconds``: a request held longer is a connection problem."""
@@ -164,17 +166,25 @@ class SweeperConfig:
 
 @dataclass(frozen=True)
 class ProviderConfig:
-    """One OpenAI-compatible upstream.
+    """One upstream: an OpenAI-compatible HTTP API (``type = "openai"``), or models run by
+    the worker itself (``type = "local"``, see :mod:`asyncgate.local`), which take no URL or key.
 
     ``api_key`` is read from the environment variable named by ``api_key_env``.
     """
 
     name: str
-    base_url: str
+    base_url: str = ""
     api_key_env: str | None = None
     api_key: Secret | None = None
     timeout: float = 60.0
     max_concurrency: int = 64
+    type: str = "openai"
+    processes: int = 1
+    """Local only: inference processes per worker process, the local provider's own cap."""
+
+    @property
+    def local(self) -> bool:
+        return self.type == "local"
 
 
 @dataclass(frozen=True)
@@ -263,7 +273,12 @@ _SECTIONS: dict[str, type] = {
     "metrics": MetricsConfig,
     "webhooks": WebhooksConfig,
 }
-_PROVIDER_KEYS = ("base_url", "api_key_env", "timeout", "max_concurrency")
+_PROVIDER_KEYS = ("base_url", "api_key_env", "timeout", "max_concurrency", "type", "processes")
+_OPENAI_ONLY_KEYS = ("base_url", "api_key_env")
+_LOCAL_ONLY_KEYS = ("processes",)
+PROVIDER_TYPES = ("openai", "local")
+DEFAULT_LOCAL = "local"
+"""The provider configured when none is and the ``local`` extra is installed."""
 
 
 def load_settings(
@@ -369,6 +384,8 @@ def _build(raw: dict[str, Any], env: Mapping[str, str]) -> Settings:
         name: _build_provider(name, values, env)
         for name, values in (raw.get("providers") or {}).items()
     }
+    if not providers and local.available():
+        providers = {DEFAULT_LOCAL: ProviderConfig(name=DEFAULT_LOCAL, type="local")}
     settings = Settings(
         **sections, providers=providers, log_level=str(raw.get("log_level", "INFO"))
     )
@@ -392,11 +409,21 @@ def _build_section(cls: type, values: Any, where: str) -> Any:
 def _build_provider(name: str, values: Any, env: Mapping[str, str]) -> ProviderConfig:
     if not PROVIDER_NAME.match(name):
         raise ConfigError(f"provider name {name!r} must match {PROVIDER_NAME.pattern}")
-    if not isinstance(values, dict) or "base_url" not in values:
-        raise ConfigError(f"provider {name!r} needs a base_url")
+    if not isinstance(values, dict):
+        raise ConfigError(f"[providers.{name}] must be a table")
     unknown = set(values) - set(_PROVIDER_KEYS)
     if unknown:
         raise ConfigError(f"provider {name!r}: unknown key(s): {', '.join(sorted(unknown))}")
+    kind = values.get("type", "openai")
+    if kind not in PROVIDER_TYPES:
+        raise ConfigError(f"providers.{name}.type must be one of {', '.join(PROVIDER_TYPES)}")
+    misplaced = set(values) & set(_OPENAI_ONLY_KEYS if kind == "local" else _LOCAL_ONLY_KEYS)
+    if misplaced:
+        raise ConfigError(
+            f"provider {name!r} of type {kind} takes no {', '.join(sorted(misplaced))}"
+        )
+    if kind == "openai" and "base_url" not in values:
+        raise ConfigError(f"provider {name!r} needs a base_url")
     config = _build_section(ProviderConfig, {"name": name, **values}, f"providers.{name}")
     if config.api_key_env:
         secret = env.get(config.api_key_env)
@@ -507,7 +534,10 @@ def _check(settings: Settings) -> None:
     if not 1 <= settings.jobs.sync_wait_seconds <= MAX_WAIT_LIMIT:
         problems.append(f"jobs.sync_wait_seconds must be between 1 and {MAX_WAIT_LIMIT}")
     for name, provider in settings.providers.items():
-        if not provider.base_url.startswith(("http://", "https://")):
+        if provider.local:
+            if provider.processes < 1:
+                problems.append(f"providers.{name}.processes must be at least 1")
+        elif not provider.base_url.startswith(("http://", "https://")):
             problems.append(f"providers.{name}.base_url must be an http(s) URL")
         if provider.max_concurrency < 1 or provider.timeout <= 0:
             problems.append(f"providers.{name}: timeout and max_concurrency must be positive")

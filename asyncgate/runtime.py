@@ -1,8 +1,8 @@
 """Building and tearing down the shared resources, in dependency order.
 
 API side: pool -> stores -> group committer -> completion events (one listening connection).
-Worker side: pool -> store -> notifications -> HTTP session -> upstream -> executor -> worker,
-plus the sweeper. Each is created here, passed
+Worker side: pool -> store -> notifications -> HTTP session -> upstream and local process
+pools -> executor -> worker, plus the sweeper. Each is created here, passed
 explicitly to what needs it, and closed here in reverse order.
 """
 
@@ -26,6 +26,7 @@ from asyncgate.models.webhooks import WebhookStore
 from asyncgate.services import Services
 from asyncgate.webhooks import SecretBox
 from asyncgate.worker.execute import Executor
+from asyncgate.worker.local import LocalPool
 from asyncgate.worker.loop import Worker
 from asyncgate.worker.sweeper import Sweeper
 from asyncgate.worker.upstream import Upstream
@@ -104,7 +105,12 @@ async def worker_runtime(
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=True) as session:
         upstream = Upstream(session, max_response_bytes=settings.worker.max_response_bytes)
-        executor = Executor(upstream, store, settings.providers, settings.worker, metrics)
+        local = {
+            name: LocalPool(provider.processes)
+            for name, provider in settings.providers.items()
+            if provider.local
+        }
+        executor = Executor(upstream, store, settings.providers, settings.worker, metrics, local)
         worker = Worker(store, executor, notifications, settings.worker, metrics)
         box = secret_box(settings)
         webhooks = WebhookStore(db, box)
@@ -142,3 +148,5 @@ async def worker_runtime(
                 await sweeper.stop()
                 await worker.stop()
                 await notifications.stop()
+                for pool in local.values():
+                    await pool.close()

@@ -12,11 +12,12 @@ from typing import Any
 import orjson
 from starlette.datastructures import UploadFile
 
-from asyncgate.config import JobsConfig, LimitsConfig
+from asyncgate import local
+from asyncgate.config import JobsConfig, LimitsConfig, ProviderConfig
 from asyncgate.errors import BadRequest, PayloadTooLarge
 from asyncgate.kinds import KINDS, Kind
 from asyncgate.models.jobs import Committed, NewFile, NewJob
-from asyncgate.routing import check_models
+from asyncgate.routing import candidate_models, check_models, split_model
 from asyncgate.services import Services
 from asyncgate.trace import TraceContext, log_fields
 
@@ -177,6 +178,23 @@ async def resolve_webhook(
     return ref.id
 
 
+def check_local_models(
+    kind: Kind, body: Mapping[str, Any], providers: Mapping[str, ProviderConfig]
+) -> None:
+    """Raise BadRequest when the model or a fallback names a local provider's model that cannot
+    run this request (see :mod:`asyncgate.local`)."""
+    for index, name in enumerate(candidate_models(body)):
+        parsed = split_model(name)
+        if parsed is None or not providers[parsed[0]].local:
+            continue
+        refused = local.refusal(kind, parsed[1], body)
+        if refused is not None:
+            message, param = refused
+            if index:
+                message = f"fallback {name!r}: {message}"
+            raise BadRequest(message, param="fallbacks" if index else param)
+
+
 def build_job(
     kind: Kind,
     body: Any,
@@ -185,7 +203,7 @@ def build_job(
     owner_key_id: int | None,
     headers: Mapping[str, str],
     jobs: JobsConfig,
-    providers: Mapping[str, object],
+    providers: Mapping[str, ProviderConfig],
 ) -> NewJob:
     """The job for an accepted request, or BadRequest for what the spec cannot refuse.
 
@@ -202,6 +220,7 @@ def build_job(
     if required and not any(f.field in required for f in files):
         raise BadRequest(f"a file upload named {required[0]!r} is required", param=required[0])
     provider = check_models(body, providers)
+    check_local_models(kind, body, providers)
     idempotency_key = headers.get(IDEMPOTENCY_HEADER)
     return NewJob(
         id=uuid.uuid4(),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from asyncgate import local
 from asyncgate.config import ConfigError, Secret, Settings, load_settings, unknown_environment
 
 TOML = """
@@ -40,7 +41,8 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_defaults_without_file_or_environment() -> None:
+def test_defaults_without_file_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local, "available", lambda: False)
     settings = load_settings(environ={})
     assert settings == Settings()
     assert settings.database.url is None
@@ -48,6 +50,24 @@ def test_defaults_without_file_or_environment() -> None:
     assert settings.jobs.default_ttl == 3600
     assert settings.jobs.idempotency_window_seconds == 86400
     assert settings.database.startup_timeout_seconds == 60.0
+
+
+def test_local_provider_is_the_default_when_the_extra_is_installed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(local, "available", lambda: True)
+    provider = load_settings(environ={}).providers["local"]
+    assert (provider.type, provider.local, provider.processes) == ("local", True, 1)
+    configured = load_settings(write(tmp_path, TOML), environ={"OPENAI_TEST_KEY": "sk"})
+    assert "local" not in configured.providers
+
+
+def test_local_provider_settings(tmp_path: Path) -> None:
+    path = write(tmp_path, '[providers.mine]\ntype = "local"\nprocesses = 2\n')
+    settings = load_settings(path, environ={"ASYNCGATE_PROVIDERS_MINE_TIMEOUT": "9"})
+    mine = settings.providers["mine"]
+    assert (mine.type, mine.processes, mine.base_url, mine.api_key) == ("local", 2, "", None)
+    assert mine.timeout == 9.0
 
 
 def test_file_then_environment(tmp_path: Path) -> None:
@@ -153,6 +173,10 @@ def test_secrets_never_show(tmp_path: Path) -> None:
         ("[limits]\nmax_files = -2\n", {}, "limits.max_files"),
         ("[sweeper]\nbatch = 0\n", {}, "sweeper.batch"),
         ("[providers.openai]\ntimeout = 5\n", {}, "openai"),
+        ("[providers.x]\ntype = 'llama'\n", {}, "providers.x.type"),
+        ("[providers.x]\ntype = 'local'\nbase_url = 'http://x'\n", {}, "takes no base_url"),
+        ("[providers.x]\nbase_url = 'http://x'\nprocesses = 2\n", {}, "takes no processes"),
+        ("[providers.x]\ntype = 'local'\nprocesses = 0\n", {}, "providers.x.processes"),
         ("[providers.openai]\nbase_url = 'http://x'\napi_key = 'sk'\n", {}, "api_key"),
         ("[providers.Open_AI]\nbase_url = 'http://x'\n", {}, "Open_AI"),
         ("[providers.openai]\nbase_url = 'ftp://x'\n", {}, "providers.openai.base_url"),

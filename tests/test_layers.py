@@ -22,6 +22,7 @@ DOMAIN = {
     "embedded",
     "errors",
     "kinds",
+    "local",
     "logs",
     "metrics",
     "resources",

@@ -1,5 +1,8 @@
 """Running one claimed job: retries with backoff, then fallbacks, all within a deadline.
 
+A provider of type local runs the job in its own process pool instead of over HTTP; its
+answers and failures take the same shapes, so all that follows holds for it alike.
+
 The order is: the requested model, tried up to ``retry_tries`` times while failures are
 transient; then each fallback the same way; then the job fails with the last upstream error.
 Permanent failures (400, 401, 403, 404, 422, unusable answers) skip straight to the next model.
@@ -22,6 +25,7 @@ from asyncgate.metrics import Metrics
 from asyncgate.models.jobs import ClaimedJob, JobStore, NewFile, Outcome
 from asyncgate.routing import candidate_models, split_model
 from asyncgate.status import JobStatus
+from asyncgate.worker.local import LocalPool
 from asyncgate.worker.upstream import Upstream, UpstreamError, UpstreamReply, upstream_body
 
 log = logging.getLogger("asyncgate.worker")
@@ -73,8 +77,11 @@ class Executor:
         providers: Mapping[str, ProviderConfig],
         config: WorkerConfig,
         metrics: Metrics,
+        local: Mapping[str, LocalPool] | None = None,
     ) -> None:
+        """``local`` holds the process pool of each provider of type local, by name."""
         self.upstream = upstream
+        self.local = dict(local or {})
         self.metrics = metrics
         self.store = store
         self.providers = providers
@@ -161,9 +168,14 @@ class Executor:
         started = time.monotonic()
         answer = "error"
         try:
-            reply = await self.upstream.send(
-                provider, job.kind, body, files, job.id, trace=job.trace
-            )
+            if provider.local:
+                reply = await self.local[provider.name].send(
+                    job.kind, body, files, timeout=provider.timeout
+                )
+            else:
+                reply = await self.upstream.send(
+                    provider, job.kind, body, files, job.id, trace=job.trace
+                )
             answer = str(reply.status_code)
             return reply
         except UpstreamError as exc:
