@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from asyncgate.config import ConfigError, Settings, load_settings, unknown_environment
 from asyncgate.embedded import EmbeddedPostgres
 from asyncgate.logs import LOG_FORMATS, configure
+from asyncgate.text import table
 
 log = logging.getLogger("asyncgate")
 
@@ -189,15 +190,6 @@ async def _webhooks(settings: Settings, url: str, args: argparse.Namespace) -> i
 
     async with open_database(settings, url) as db:
         return await webhook_commands.run(settings, db, args)
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Rows under a header row, each column as wide as its widest cell and two spaces apart."""
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (header, *rows)
-    )
 
 
 if __name__ == "__main__":

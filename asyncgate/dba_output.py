@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import IO, Any
 
-from asyncgate.cli import table
 from asyncgate.models.inspect import WINDOWS, JobDetail, JobStats
 from asyncgate.models.maintenance import Changes
 from asyncgate.status import JobStatus
+from asyncgate.text import table
 
 Text = str | tuple[Sequence[str], Sequence[Sequence[str]]] | None
 """What a command prints for people: lines, a table (header and rows), or nothing."""

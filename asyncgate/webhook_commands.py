@@ -14,13 +14,13 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from asyncgate.cli import table
 from asyncgate.config import Settings
 from asyncgate.metrics import Metrics
 from asyncgate.models.database import Database
 from asyncgate.models.keys import KeyStore
 from asyncgate.models.webhooks import DeliveryInfo, DuplicateEndpointName, WebhookStore
 from asyncgate.runtime import secret_box
+from asyncgate.text import table
 from asyncgate.webhooks import (
     ENDPOINT_NAME,
     JOB_EVENTS,

@@ -28,6 +28,7 @@ DOMAIN = {
     "resources",
     "routing",
     "status",
+    "text",
     "trace",
     "webhooks",
 }
