@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     disable = key_commands.add_parser("disable", help="disable a key by name")
     disable.add_argument("name", help="the name the key was created with")
     from asyncgate import webhook_commands
-    from asyncgate.dba import add_jobs_command
+    from asyncgate.dba_args import add_jobs_command
 
     add_jobs_command(add_command)
     webhook_commands.add_parser(add_command)
@@ -80,9 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "jobs":
-        from asyncgate import dba
+        from asyncgate import dba_args
 
-        dba.check(args)
+        dba_args.check(args)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

@@ -8,18 +8,12 @@ errors (as the other commands do).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from asyncgate.config import Settings
-from asyncgate.metrics import Metrics
-from asyncgate.models.database import Database
-from asyncgate.models.keys import KeyStore
-from asyncgate.models.webhooks import DeliveryInfo, DuplicateEndpointName, WebhookStore
-from asyncgate.runtime import secret_box
+from asyncgate.dba_args import when
 from asyncgate.text import table
 from asyncgate.webhooks import (
     ENDPOINT_NAME,
@@ -32,8 +26,10 @@ from asyncgate.webhooks import (
     url_problem,
 )
 
-_DURATION = re.compile(r"^(\d+)([smhd])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+if TYPE_CHECKING:  # the parser is built on every command: the stores load only when run
+    from asyncgate.config import Settings
+    from asyncgate.models.database import Database
+    from asyncgate.models.webhooks import DeliveryInfo, WebhookStore
 
 
 def add_parser(add_command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -68,7 +64,7 @@ def add_parser(add_command: Callable[..., argparse.ArgumentParser]) -> None:
         help="only deliveries in this state",
     )
     deliveries.add_argument(
-        "--since", metavar="WHEN", help="created since: an ISO date-time or a span (30m, 2h, 1d)"
+        "--since", type=when, metavar="WHEN", help="created since WHEN (ISO 8601, or 30m, 2h, 1d)"
     )
     deliveries.add_argument(
         "--limit", type=int, default=50, help="most deliveries shown (default 50)"
@@ -77,18 +73,11 @@ def add_parser(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     redeliver.add_argument("id", help="the delivery's id (msg_...)")
 
 
-def parse_since(value: str, now: datetime | None = None) -> datetime:
-    """An ISO 8601 date-time (UTC when it names no zone) or a span back from now (``30m``)."""
-    match = _DURATION.match(value.strip())
-    if match:
-        span = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-        return (now or datetime.now(UTC)) - span
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 async def run(settings: Settings, db: Database, args: argparse.Namespace) -> int:
     """Run the ``webhooks`` subcommand ``args`` names; returns the exit code."""
+    from asyncgate.models.webhooks import WebhookStore
+    from asyncgate.runtime import secret_box
+
     store = WebhookStore(db, secret_box(settings))
     command = args.webhooks_command
     if command in ("create", "rotate-secret") and store.box is None:
@@ -143,6 +132,9 @@ async def _create(
             f"invalid endpoint name {args.name!r}: letters, digits, '_', '.', '-', at most 64",
             code=2,
         )
+    from asyncgate.models.keys import KeyStore
+    from asyncgate.models.webhooks import DuplicateEndpointName
+
     problem = url_problem(args.url, allow_http=settings.webhooks.allow_http)
     if problem is not None:
         return _fail(problem, code=2)
@@ -163,6 +155,7 @@ async def _create(
 
 
 async def _test(settings: Settings, db: Database, store: WebhookStore, name: str) -> int:
+    from asyncgate.metrics import Metrics
     from asyncgate.worker.loop import worker_id
     from asyncgate.worker.webhooks import Deliverer, Sender, client_session
 
@@ -195,14 +188,10 @@ async def _test(settings: Settings, db: Database, store: WebhookStore, name: str
 
 
 async def _deliveries(store: WebhookStore, args: argparse.Namespace) -> int:
-    try:
-        since = None if args.since is None else parse_since(args.since)
-    except ValueError:
-        return _fail(f"--since {args.since!r}: give an ISO date-time or a span like 30m", code=2)
     found = await store.deliveries(
         endpoint=args.endpoint,
         state=None if args.outcome is None else DeliveryState(args.outcome),
-        since=since,
+        since=args.since,
         limit=args.limit,
     )
     print(table(_HEADER, [_row(d) for d in found]))

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from asyncgate.cli import main
-from asyncgate.dba import when
+from asyncgate.dba_args import when
 from asyncgate.models import migrate
 from tests.conftest import Gateway, wait_for
 from tests.helpers import (

@@ -38,6 +38,7 @@ COMPOSITION = {
     "cli",
     "connections",
     "dba",
+    "dba_args",
     "dba_output",
     "runtime",
     "server",
