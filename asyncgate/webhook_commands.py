@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -18,11 +17,11 @@ from asyncgate.text import table
 from asyncgate.webhooks import (
     ENDPOINT_NAME,
     JOB_EVENTS,
-    MESSAGE_PREFIX,
     DeliveryState,
     Event,
     message_id,
     new_secret,
+    parse_message_id,
     url_problem,
 )
 
@@ -219,7 +218,7 @@ def _row(d: DeliveryInfo) -> tuple[str, ...]:
 
 async def _redeliver(store: WebhookStore, raw_id: str) -> int:
     try:
-        delivery_id = uuid.UUID(hex=raw_id.removeprefix(MESSAGE_PREFIX))
+        delivery_id = parse_message_id(raw_id)
     except ValueError:
         return _fail(f"{raw_id!r} is not a delivery id (msg_ and 32 hex digits)", code=2)
     if await store.redeliver(delivery_id):

@@ -15,6 +15,7 @@ import random
 import re
 import secrets
 import urllib.parse
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -103,6 +104,11 @@ def new_secret() -> str:
 def message_id(delivery_id: object) -> str:
     """The ``webhook-id`` of a delivery: the same on every attempt, so receivers can dedupe."""
     return f"{MESSAGE_PREFIX}{getattr(delivery_id, 'hex', delivery_id)}"
+
+
+def parse_message_id(text: str) -> uuid.UUID:
+    """The delivery a ``webhook-id`` (``msg_`` and 32 hex digits) names; ValueError otherwise."""
+    return uuid.UUID(hex=text.removeprefix(MESSAGE_PREFIX))
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:

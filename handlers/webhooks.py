@@ -26,11 +26,11 @@ from asyncgate.models.webhooks import DeliveryInfo, DuplicateEndpointName, Endpo
 from asyncgate.services import Services
 from asyncgate.webhooks import (
     JOB_EVENTS,
-    MESSAGE_PREFIX,
     DeliveryState,
     Event,
     message_id,
     new_secret,
+    parse_message_id,
     url_problem,
 )
 
@@ -103,7 +103,7 @@ def _time(value: datetime | None) -> str | None:
 def parse_delivery_id(value: str) -> uuid.UUID:
     """The delivery a ``msg_<hex>`` id names; NotFound for one that cannot name any."""
     try:
-        return uuid.UUID(hex=value.removeprefix(MESSAGE_PREFIX))
+        return parse_message_id(value)
     except ValueError:
         raise NotFound("no webhook delivery with that id") from None
 

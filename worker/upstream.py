@@ -232,12 +232,13 @@ def _status_error(status: int, raw: bytes, retry_after_header: str | None) -> Up
         code=None if code is None else str(code),
         param=None if error.get("param") is None else str(error.get("param")),
         transient=status in TRANSIENT_STATUSES,
-        retry_after=_retry_after(retry_after_header),
+        retry_after=retry_after_seconds(retry_after_header),
         from_upstream=True,
     )
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header's delay in seconds; None when missing or not a number."""
     if value is None:
         return None
     try:

@@ -49,6 +49,7 @@ from asyncgate.webhooks import (
     signature_header,
 )
 from asyncgate.worker.addresses import BlockedAddress, GuardedResolver, check_host
+from asyncgate.worker.upstream import retry_after_seconds
 
 log = logging.getLogger("asyncgate.webhooks")
 
@@ -98,12 +99,6 @@ def payload(delivery: ClaimedDelivery, public_url: str | None) -> str:
         error_omitted=None if delivery.job_found else "expired",
     )
     return orjson.dumps(event_body(delivery.event, delivery.created_at, job_data(outcome))).decode()
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None or not value.strip().isdigit():
-        return None
-    return float(value.strip())
 
 
 class Sender:
@@ -191,7 +186,7 @@ class Sender:
             delivery.url, data=raw, headers=headers, timeout=timeout, allow_redirects=False
         ) as response:
             await response.content.read(_ANSWER_READ_BYTES)
-            return response.status, _retry_after(response.headers.get("Retry-After"))
+            return response.status, retry_after_seconds(response.headers.get("Retry-After"))
 
 
 class _Refused(Exception):
