@@ -36,9 +36,11 @@ def machine_info() -> dict[str, Any]:
 class CpuMeter:
     """CPU used while a block runs, in cores (1.0 = one core busy for the whole block).
 
-    Groups: this process (the load generator), the gateway or baseline processes, the upstream,
-    PostgreSQL (the postmaster and its children, when it runs here) and ``other``: whatever else
-    kept the machine busy meanwhile (other programs on the host).
+    Groups: this process (the load generator), the gateway or baseline processes (``server``,
+    or named groups such as ``api`` and ``worker``; each with its child processes), the upstream,
+    PostgreSQL (the postmaster and its backends, those that exited meanwhile included, when it
+    runs here) and ``other``: whatever else kept the machine busy meanwhile (other programs on
+    the host). :meth:`per_job_us` turns the figures into CPU microseconds per job.
     """
 
     postmaster: psutil.Process | None = None
@@ -47,13 +49,19 @@ class CpuMeter:
         self,
         *servers: subprocess.Popen[bytes],
         upstream: subprocess.Popen[bytes] | None = None,
+        **groups: subprocess.Popen[bytes],
     ) -> None:
         self._groups = {
             "loadgen": [psutil.Process()],
             "server": [psutil.Process(p.pid) for p in servers],
             "upstream": [psutil.Process(upstream.pid)] if upstream else [],
         }
+        if not servers:
+            del self._groups["server"]
+        for name, proc in groups.items():
+            self._groups[name] = [psutil.Process(proc.pid)]
         self.figures: dict[str, float] = {}
+        self.seconds = 0.0
 
     @staticmethod
     def _busy() -> float:
@@ -61,17 +69,27 @@ class CpuMeter:
         return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
 
     def _snapshot(self) -> dict[str, dict[int, float]]:
-        groups = dict(self._groups)
-        if self.postmaster is not None:
-            with contextlib.suppress(psutil.Error):
-                groups["postgres"] = [self.postmaster, *self.postmaster.children()]
         snapshot: dict[str, dict[int, float]] = {}
-        for name, procs in groups.items():
+        for name, procs in self._groups.items():
             snapshot[name] = {}
             for proc in procs:
                 with contextlib.suppress(psutil.Error):
-                    times = proc.cpu_times()
-                    snapshot[name][proc.pid] = times.user + times.system
+                    for member in (proc, *proc.children(recursive=True)):
+                        with contextlib.suppress(psutil.Error):
+                            times = member.cpu_times()
+                            snapshot[name][member.pid] = times.user + times.system
+        if self.postmaster is not None:
+            with contextlib.suppress(psutil.Error):
+                # Backends that exited were reaped by the postmaster: their time is its
+                # children's time (key 0).
+                times = self.postmaster.cpu_times()
+                pg = {0: times.children_user + times.children_system}
+                pg[self.postmaster.pid] = times.user + times.system
+                for child in self.postmaster.children():
+                    with contextlib.suppress(psutil.Error):
+                        t = child.cpu_times()
+                        pg[child.pid] = t.user + t.system
+                snapshot["postgres"] = pg
         return snapshot
 
     def __enter__(self) -> CpuMeter:
@@ -90,7 +108,18 @@ class CpuMeter:
             figures[name] = sum(t - before.get(pid, 0.0) for pid, t in used.items()) / wall
         figures["other"] = max(0.0, machine - sum(figures.values()))
         figures["machine"] = machine
-        self.figures = {k: round(v, 2) for k, v in figures.items()}
+        self.seconds = wall
+        self.figures = {k: round(v, 3) for k, v in figures.items()}
+
+    def per_job_us(self, jobs: int) -> dict[str, float]:
+        """CPU microseconds per job of each group (but ``other`` and ``machine``)."""
+        if jobs <= 0:
+            return {}
+        return {
+            name: round(cores * self.seconds / jobs * 1e6, 1)
+            for name, cores in self.figures.items()
+            if name not in ("other", "machine")
+        }
 
     def text(self) -> str:
         return "cores: " + ", ".join(f"{k} {v:.2f}" for k, v in self.figures.items())

@@ -233,7 +233,7 @@ class Bench:
                     session, call, concurrency=CLIENTS, duration=plan.duration
                 )
         self._show(label.split(": ", 1)[-1], stats, cpu, unit)
-        return {**stats.summary(), "cpu": cpu.figures}
+        return {**stats.summary(), "cpu": cpu.figures, "cpu_us": cpu.per_job_us(stats.ok)}
 
     async def pickup(self) -> None:
         """2. From the client's 202 to the upstream's arrival, at a steady submit rate."""
@@ -324,13 +324,14 @@ class Bench:
             "jobs_per_second": stats.ok / elapsed,
             "submit_phase": stats.summary(),
             "cpu": cpu.figures,
+            "cpu_us": cpu.per_job_us(stats.ok),
         }
         say(
             f"  {label}: {result['jobs_per_second']:.0f} jobs/s end to end "
             f"({stats.ok} in {elapsed:.2f}s; submitting took {stats.elapsed:.2f}s; "
             f"{result['failed']} failed)"
         )
-        say(f"    {cpu.text()}")
+        say(f"    {cpu.text()}; {per_job_text(result['cpu_us'])}")
         return result
 
     async def poll(self, api_url: str) -> None:
@@ -448,7 +449,7 @@ class Bench:
             f"  {label}: {s['per_second']:.0f} {unit}/s, p50 {s['p50_ms']:.1f} ms, "
             f"p99 {s['p99_ms']:.1f} ms ({s['ok']} ok{errors})"
         )
-        say(f"    {cpu.text()}")
+        say(f"    {cpu.text()}; {per_job_text(cpu.per_job_us(stats.ok))}")
 
     async def run(self) -> None:
         self.db = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
@@ -474,6 +475,11 @@ class Bench:
             await self.in_flight()
         finally:
             await self.db.close()
+
+
+def per_job_text(per_job: dict[str, float]) -> str:
+    """CPU microseconds per job by group, as printed."""
+    return "CPU per job: " + ", ".join(f"{k} {v:.0f} us" for k, v in per_job.items())
 
 
 def ideal_given_arrivals(arrivals: list[float], slots: int, latency: float) -> float:
