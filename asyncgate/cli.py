@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_command = functools.partial(commands.add_parser, parents=[config_after])
     for name, text in (
-        ("serve", "API, worker and sweeper in one process"),
+        ("serve", "API processes (one per core), a worker and the sweeper"),
         ("api", "the HTTP API only"),
     ):
         sub = add_command(name, help=text)
@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--port", type=int, help="port to listen on (or [server] port)")
         if name == "api":
             sub.add_argument("--processes", type=int, help="API processes sharing the port")
+        else:
+            sub.add_argument(
+                "--processes",
+                type=int,
+                dest="serve_processes",
+                help="API processes (0: one per core; or [server] serve_processes)",
+            )
     add_command("worker", help="a worker and the sweeper, no HTTP")
     migrate = add_command("migrate", help="apply database migrations")
     migrate.add_argument(
@@ -90,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     server_changes = {
         key: getattr(args, key)
-        for key in ("host", "port", "processes")
+        for key in ("host", "port", "processes", "serve_processes")
         if getattr(args, key, None) is not None
     }
     if server_changes:
@@ -138,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from asyncgate import server
 
         if args.command == "serve":
-            server.run(server.serve_http(settings, url, run_worker=True))
+            server.serve(settings, url, args.config)
         elif args.command == "api" and settings.server.processes > 1:
             server.serve_http_processes(settings, url, args.config)
         elif args.command == "api":

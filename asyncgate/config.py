@@ -67,6 +67,11 @@ class ServerConfig:
     port: int = 8080
     processes: int = 1
     """API processes started by ``asyncgate api`` (they share the listening port)."""
+    serve_processes: int = 0
+    """API processes started by ``asyncgate serve``; 0: one per CPU core."""
+    serve_worker_process: bool = True
+    """``asyncgate serve`` runs its worker and sweeper in a process of their own; false: in
+    each API process (with ``serve_processes = 1``, API, worker and sweeper share one)."""
     header_timeout_seconds: float = 5.0
     """A request's line and headers must arrive within this long of its first byte."""
     idle_timeout_seconds: float = 5.0
@@ -485,6 +490,8 @@ def _check(settings: Settings) -> None:
     for name in _POSITIVE_SERVER_KEYS:
         if getattr(settings.server, name) <= 0:
             problems.append(f"server.{name} must be positive")
+    if settings.server.serve_processes < 0:
+        problems.append("server.serve_processes must be 0 (one per core) or more")
     w = settings.worker
     if w.renew_seconds * 2 > w.lease_seconds:
         problems.append("worker.renew_seconds must be at most half of worker.lease_seconds")

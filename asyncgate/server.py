@@ -1,5 +1,7 @@
 """Running the processes: ``serve`` (API + worker + sweeper), ``api`` and ``worker``.
 
+``serve`` runs its API in ``server.serve_processes`` processes sharing the port (by default one
+per core) and its worker and sweeper in a process of their own, all children of one parent.
 Every process stops gracefully on SIGTERM or SIGINT and exits 0: the API stops accepting
 connections and finishes open requests; the worker stops claiming, lets running jobs finish
 within the grace period and hands the rest back.
@@ -8,13 +10,14 @@ within the grace period and hands the rest back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import uvicorn
@@ -25,6 +28,7 @@ from asyncgate.connections import ConnectionLimits, connection_limits, protocol_
 from asyncgate.logs import configure
 from asyncgate.metrics import MULTIPROCESS_DIR, Metrics
 from asyncgate.runtime import open_database, worker_runtime
+from asyncgate.supervisor import WorkerProcess, die_with_parent
 
 log = logging.getLogger("asyncgate")
 
@@ -91,13 +95,45 @@ async def serve_http(settings: Settings, database_url: str, *, run_worker: bool)
     await server.serve()
 
 
-def serve_http_processes(settings: Settings, database_url: str, config_path: str | None) -> None:
-    """``api --processes N``: N processes sharing the port, each built by :func:`app_factory`.
+def serve(settings: Settings, database_url: str, config_path: str | None) -> None:
+    """``asyncgate serve``: the API in ``server.serve_processes`` processes (0: one per core)
+    and, with ``server.serve_worker_process``, the worker and sweeper in another; without it,
+    each API process runs a worker and sweeper of its own."""
+    processes = settings.server.serve_processes or os.cpu_count() or 1
+    own_process = settings.server.serve_worker_process
+    if processes == 1 and not own_process:
+        run(serve_http(settings, database_url, run_worker=True))
+        return
+    log.info(
+        "asyncgate serve: %d API process(es)%s",
+        processes,
+        " and a worker process" if own_process else ", each with a worker",
+    )
+    with _children_environment(settings, database_url, config_path):
+        grace = settings.worker.shutdown_grace_seconds + 10
+        worker = WorkerProcess(worker_child, grace_seconds=grace) if own_process else None
+        with worker or contextlib.nullcontext():
+            if processes == 1:
+                run(serve_http(settings, database_url, run_worker=False))
+            else:
+                limits = connection_limits(settings, run_worker=not own_process)
+                factory = "app_factory" if own_process else "serve_app_factory"
+                _run_processes(settings, limits, processes, factory)
 
-    The children read the same configuration: the file and database URL travel in the
-    environment. They inherit the open-file limit raised here.
-    """
+
+def serve_http_processes(settings: Settings, database_url: str, config_path: str | None) -> None:
+    """``api --processes N``: N processes sharing the port, each built by :func:`app_factory`."""
     limits = connection_limits(settings, run_worker=False)
+    with _children_environment(settings, database_url, config_path):
+        _run_processes(settings, limits, settings.server.processes, "app_factory")
+
+
+@contextlib.contextmanager
+def _children_environment(
+    settings: Settings, database_url: str, config_path: str | None
+) -> Iterator[None]:
+    """The environment that child processes read their configuration from: the file and the
+    database URL travel in it. They inherit the open-file limit raised by the parent."""
     os.environ["ASYNCGATE_DATABASE_URL"] = database_url
     os.environ["ASYNCGATE_LOGGING_FORMAT"] = settings.logging.format
     if config_path:
@@ -108,39 +144,64 @@ def serve_http_processes(settings: Settings, database_url: str, config_path: str
         metrics_dir = tempfile.mkdtemp(prefix="asyncgate-metrics-")
         os.environ[MULTIPROCESS_DIR] = metrics_dir
     try:
-        _run_processes(settings, limits)
+        yield
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _run_processes(settings: Settings, limits: ConnectionLimits) -> None:
+def _run_processes(
+    settings: Settings, limits: ConnectionLimits, processes: int, factory: str
+) -> None:
     uvicorn.run(
-        "asyncgate.server:app_factory",
+        f"asyncgate.server:{factory}",
         factory=True,
-        workers=settings.server.processes,
+        workers=processes,
         loop="uvloop",
         **_uvicorn_options(settings, limits),
     )
 
 
-def app_factory() -> Any:
-    """App for one process of ``api --processes N`` (configuration from the environment)."""
+def _child_settings() -> Settings:
+    die_with_parent()
     settings = load_settings()
     configure(settings.log_level, settings.logging.format)
+    return settings
+
+
+def app_factory() -> Any:
+    """App for one API process of ``api --processes N`` or ``serve`` (configuration from the
+    environment)."""
+    settings = _child_settings()
     app = create_app(settings, os.environ["ASYNCGATE_DATABASE_URL"])
     tune_garbage_collector()
     return app
 
 
-async def run_worker(settings: Settings, database_url: str) -> None:
-    """A worker and sweeper without HTTP, until SIGTERM or SIGINT."""
+def serve_app_factory() -> Any:
+    """App for one process of ``serve`` without a worker process: it runs a worker too."""
+    settings = _child_settings()
+    app = create_app(settings, os.environ["ASYNCGATE_DATABASE_URL"], run_worker=True)
+    tune_garbage_collector()
+    return app
+
+
+def worker_child() -> None:
+    """``serve``'s worker process (configuration from the environment); the API processes
+    serve its metrics from the shared directory."""
+    settings = _child_settings()
+    run(run_worker(settings, os.environ["ASYNCGATE_DATABASE_URL"], serve_metrics=False))
+
+
+async def run_worker(settings: Settings, database_url: str, *, serve_metrics: bool = True) -> None:
+    """A worker and sweeper without HTTP, until SIGTERM or SIGINT; with ``serve_metrics``, its
+    metrics on ``metrics.port`` (when set)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     metrics = Metrics()
-    if settings.metrics.port:
+    if serve_metrics and settings.metrics.port:
         metrics.serve(settings.metrics.host, settings.metrics.port)
         log.info(
             "worker metrics on http://%s:%d/metrics", settings.metrics.host, settings.metrics.port

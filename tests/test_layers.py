@@ -43,6 +43,7 @@ COMPOSITION = {
     "runtime",
     "server",
     "services",
+    "supervisor",
     "webhook_commands",
 }
 
