@@ -14,13 +14,14 @@ from typing import Any
 from connexion import AsyncApp
 from connexion.middleware import MiddlewarePosition
 from connexion.middleware.main import ConnexionMiddleware
+from connexion.middleware.request_validation import RequestValidationMiddleware
 from connexion.middleware.security import SecurityMiddleware
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
 
 from asyncgate.config import LimitsConfig, Settings
-from asyncgate.handlers import errors, operations
+from asyncgate.handlers import errors, operations, prepared
 from asyncgate.handlers.docs import DocsMiddleware
 from asyncgate.handlers.hold import HoldMiddleware
 from asyncgate.handlers.limits import BodyLimitMiddleware
@@ -67,6 +68,8 @@ def connexion_app(
         if middleware is SwaggerUIMiddleware:
             # Size limits come before the served spec and everything after it.
             middlewares += [functools.partial(BodyLimitMiddleware, limits=limits), DocsMiddleware]
+        elif middleware is RequestValidationMiddleware:
+            middlewares.append(prepared.RequestValidationMiddleware)
         elif middleware is not SecurityMiddleware:
             middlewares.append(middleware)
     app = AsyncApp(
@@ -83,6 +86,7 @@ def connexion_app(
     # Outermost but for counting, so that a held long-poll keeps none of the layers inside it
     # alive.
     app.add_middleware(HoldMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION)
+    prepared.install(app)
     app.add_api(
         "openapi.yaml",
         validator_map=validator_map(),

@@ -9,6 +9,10 @@ uvicorn's httptools protocol with those bounds added; they cost one timer per co
 more for a request head that does not arrive in one read) and a few integer operations per read
 and per header field, never work per byte. Refusals are answered in the gateway's error shape
 and close the connection.
+
+It also writes what one turn of the event loop wrote to a connection in one send: uvicorn
+writes a response's head and its body separately, two system calls and two TCP segments for
+every small answer, which cost about a seventh of a request's CPU.
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ class ConnectionLimits:
             max_headers=server.max_headers,
             max_connections=server.max_connections,
         )
+
+
+_COALESCE_BYTES = 64 * 1024
 
 
 class _Refused(Exception):
@@ -123,6 +130,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = cast(asyncio.Transport, _CoalescingTransport(transport, self.loop))
         self._over_capacity = len(self.connections) > self._max_connections
         self._deadline = self.loop.call_later(self._idle_timeout, self._idle_expired)
 
@@ -223,6 +231,43 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         parts.extend([b"\r\n", body])
         self.transport.write(b"".join(parts))
         self.transport.close()
+
+
+class _CoalescingTransport:
+    """A connection's transport whose writes of one loop turn go out as one write at its end;
+    ``close`` sends what is pending first. Everything else is the transport's own."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._pending is None:
+            self._pending = [data]
+            self._loop.call_soon(self._flush)
+        else:
+            self._pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if not pending or self._transport.is_closing():
+            return
+        if len(pending) == 1:
+            self._transport.write(pending[0])
+        elif sum(map(len, pending)) <= _COALESCE_BYTES:
+            self._transport.write(b"".join(pending))
+        else:  # a large body is not copied to save one system call
+            self._transport.writelines(pending)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def protocol_factory(limits: ConnectionLimits) -> type[asyncio.Protocol]:

@@ -4,7 +4,8 @@ Every submit operation answers 202 with a fresh job envelope and every poll answ
 one fixed completed chat job, rendered by the gateway's own renderer. What the gateway spends
 beyond this app is the cost of actually storing and reading jobs.
 
-Run: ``python -m bench.baseline --port N`` (uvicorn with httptools on uvloop, like the gateway).
+Run: ``python -m bench.baseline --port N`` (uvicorn on uvloop with the gateway's own HTTP
+protocol, as the gateway runs).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from connexion.resolver import Resolver
 from starlette.responses import Response
 
 from asyncgate.app import connexion_app
-from asyncgate.config import LimitsConfig
+from asyncgate.config import LimitsConfig, Settings
+from asyncgate.connections import ConnectionLimits, protocol_factory
 from asyncgate.handlers import render
-from asyncgate.handlers.operations import resolver
+from asyncgate.handlers.operations import operations, resolver
 from asyncgate.kinds import KINDS, Kind
 from asyncgate.logs import configure
 from asyncgate.metrics import Metrics
@@ -94,9 +96,11 @@ async def _list(**_params: object) -> Response:
 
 
 def _resolver() -> Resolver:
-    """Each operation bound to a fake of the gateway's handler (same kind, same role)."""
+    """Submits, polls, the list and health bound to fakes of the gateway's handlers (same kind,
+    same role); every other operation keeps the gateway's handler, so that the spec binds as it
+    does in the gateway (those are not called here)."""
     view = completed_job()
-    table: dict[str, Handler] = {"getHealth": _health, "listAsyncJobs": _list}
+    table: dict[str, Handler] = {**operations(), "getHealth": _health, "listAsyncJobs": _list}
     for kind, info in KINDS.items():
         table[info.submit_operation] = _fake_submit(kind)
         table[info.poll_operation] = _fake_poll(view)
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         create_baseline_app(),
         host=args.host,
         port=args.port,
-        http="httptools",
+        http=protocol_factory(ConnectionLimits.from_settings(Settings())),
         loop="none",
         lifespan="on",
         access_log=False,

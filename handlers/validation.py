@@ -1,7 +1,11 @@
 """Connexion's request validators, tuned: the spec stays the only input validator.
 
 - JSON bodies are parsed with orjson (strict UTF-8, bounded nesting) and each operation's
-  compiled schema validator is built once instead of on every request.
+  compiled schema validator is built once instead of on every request. A body is first checked
+  by the schema compiled to Python code (fastjsonschema, about ten times faster); only a body it
+  refuses goes through Connexion's own validator, which decides: its verdict and its message
+  are the contract's. The compiled check never accepts more (formats use the same checker, and
+  the OpenAPI keywords it does not know, such as ``nullable``, only make it stricter).
 - The TTL and timeout headers are left to the handler: the contract says a bad value means
   "use the default", not "reject the request". Other headers (Idempotency-Key) are checked
   against their schema by a validator compiled once per parameter.
@@ -14,6 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import fastjsonschema
 import orjson
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import BadRequestProblem
@@ -63,18 +68,75 @@ class LenientTTLParameterValidator(ParameterValidator):
         return None
 
 
+_FORMATS = {
+    name: (lambda value, name=name: Draft4Validator.FORMAT_CHECKER.conforms(value, name))
+    for name in Draft4Validator.FORMAT_CHECKER.checkers
+}
+
+
+def _compiled(schema: dict[str, Any]) -> Any:
+    """``schema`` (OpenAPI 3.0, a Draft 4 dialect) compiled to a Python function."""
+    draft4 = {"$schema": "http://json-schema.org/draft-04/schema#", **acyclic(schema)}
+    return fastjsonschema.compile(draft4, formats=_FORMATS, use_default=False)
+
+
+def acyclic(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` as a tree: Connexion resolves ``$ref`` into shared, possibly cyclic objects;
+    each object found inside itself becomes a definition referred to by ``$ref``."""
+    recursive: set[int] = set()
+    on_path: set[int] = set()
+    done: set[int] = set()
+
+    def find(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                find(item)
+        elif isinstance(node, dict):
+            if id(node) in on_path:
+                recursive.add(id(node))
+            elif id(node) not in done:
+                on_path.add(id(node))
+                for value in node.values():
+                    find(value)
+                on_path.discard(id(node))
+                done.add(id(node))
+
+    definitions: dict[str, Any] = {}
+    names: dict[int, str] = {}
+
+    def tree(node: Any, *, defining: bool = False) -> Any:
+        if isinstance(node, list):
+            return [tree(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if id(node) in recursive and not defining:
+            name = names.get(id(node))
+            if name is None:
+                name = names[id(node)] = f"node{len(names)}"
+                definitions[name] = tree(node, defining=True)
+            return {"$ref": f"#/definitions/{name}"}
+        return {key: tree(value) for key, value in node.items()}
+
+    find(schema)
+    root = tree(schema)
+    return {**root, "definitions": definitions} if definitions else root
+
+
 def cached_json_validator() -> type[JSONRequestBodyValidator]:
     """A JSON body validator class whose compiled schema validators live in one app's cache."""
-    cache: dict[int, tuple[dict[str, Any], Any]] = {}
+    cache: dict[int, tuple[dict[str, Any], Any, Any]] = {}
 
     class CachedJSONRequestBodyValidator(JSONRequestBodyValidator):
-        @property
-        def _validator(self) -> Any:
+        def _entry(self) -> tuple[dict[str, Any], Any, Any]:
             entry = cache.get(id(self._schema))
             if entry is None or entry[0] is not self._schema:
-                entry = (self._schema, super()._validator)
+                entry = (self._schema, super()._validator, _compiled(self._schema))
                 cache[id(self._schema)] = entry
-            return entry[1]
+            return entry
+
+        @property
+        def _validator(self) -> Any:
+            return self._entry()[1]
 
         def _validate(self, body: Any) -> Any:
             if body is None:
@@ -83,7 +145,11 @@ def cached_json_validator() -> type[JSONRequestBodyValidator]:
                 if self._required and not self._nullable:
                     raise BadRequest("the request body must not be empty")
                 return None
-            _check(self._validator, body)
+            _, validator, compiled = self._entry()
+            try:
+                compiled(body)
+            except fastjsonschema.JsonSchemaException:
+                _check(validator, body)
             return body
 
         async def _parse(self, stream: AsyncGenerator[bytes, None], scope: Scope) -> Any:

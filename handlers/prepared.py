@@ -1,0 +1,130 @@
+"""Connexion's per-operation machinery, prepared once per operation instead of per request.
+
+On every request Connexion 3 builds the operation's URI parser (three times), its parameter
+validator and body validator, and wraps the handler in its parameter and response decorators
+after inspecting its signature (``AsyncOperation.fn`` is a property): about a fifth of a small
+request's CPU. Here each is built once, on the operation's first request (the handler's URI
+parser reads the operation from the request's context) or per content type; what each request
+gets (validation of its parameters and body, its arguments, its response) is Connexion's own.
+:class:`RequestValidationMiddleware` replaces Connexion's in the middleware stack, and
+:func:`install` prepares the handler calls of the APIs added afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from connexion import AsyncApp
+from connexion.apps.asynchronous import AsyncApi, AsyncOperation
+from connexion.context import receive, scope
+from connexion.decorators import StarletteDecorator
+from connexion.exceptions import UnsupportedMediaTypeProblem
+from connexion.middleware import request_validation
+from connexion.operations import AbstractOperation
+from connexion.utils import is_nullable
+from starlette.types import Receive, Scope, Send
+
+
+class _Validation(request_validation.RequestValidationOperation):
+    """Connexion's request validation with its validators built once (per content type)."""
+
+    @functools.cached_property
+    def _parameters(self) -> Any:
+        operation = self._operation
+        parser = operation._uri_parser_class(operation.parameters, operation.body_definition())
+        return self._validator_map["parameter"](
+            operation.parameters,
+            uri_parser=parser,
+            strict_validation=self.strict_validation,
+            security_query_params=self.security_query_params,
+        )
+
+    @functools.cache  # noqa: B019 - one per operation, alive as long as the app
+    def _body(self, mime_type: str, encoding: str) -> Any:
+        """The body validator for ``mime_type`` (None: nothing to check), or the 415 problem's
+        detail (a string) for a type the operation does not consume."""
+        try:
+            self.validate_mime_type(mime_type)
+        except UnsupportedMediaTypeProblem as problem:
+            return str(problem.detail)
+        operation = self._operation
+        schema = operation.body_schema(mime_type)
+        if not schema:
+            return None
+        validator = self._validator_map["body"].get(mime_type)
+        if validator is None:
+            return None
+        return validator(
+            schema=schema,
+            required=operation.request_body.get("required", False),
+            nullable=is_nullable(operation.body_definition(mime_type)),
+            encoding=encoding,
+            strict_validation=self.strict_validation,
+            uri_parser=operation.uri_parser_class(
+                operation.parameters, operation.body_definition()
+            ),
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._parameters.validate(scope)
+        body = self._body(*self.extract_content_type(scope["headers"]))
+        if isinstance(body, str):
+            raise UnsupportedMediaTypeProblem(detail=body)
+        if body is not None:
+            receive, scope = await body.wrap_receive(receive, scope=scope)
+        await self.next_app(scope, receive, send)
+
+
+class _ValidationApi(request_validation.RequestValidationAPI):
+    def make_operation(self, operation: AbstractOperation) -> _Validation:
+        return _Validation(
+            self.next_app,
+            operation=operation,
+            strict_validation=self.strict_validation,
+            validator_map=self.validator_map,
+        )
+
+
+class RequestValidationMiddleware(request_validation.RequestValidationMiddleware):
+    """Connexion's validation middleware on :class:`_Validation` operations."""
+
+    api_cls = _ValidationApi
+
+
+class _DecoratedOnce(StarletteDecorator):
+    """Connexion's Starlette decorator whose wrappers are built when it is applied."""
+
+    def __call__(self, function: Callable[..., Any]) -> Callable[[], Awaitable[Any]]:
+        decorated = self.decorate(function)
+        parsers: list[Any] = []
+
+        async def call() -> Any:
+            if not parsers:
+                parsers.append(self.uri_parser)
+            request = self.framework.get_request(
+                uri_parser=parsers[0], scope=scope, receive=receive
+            )
+            return await decorated(request)
+
+        return call
+
+
+class _Operation(AsyncOperation):
+    @functools.cached_property
+    def fn(self) -> Callable[[], Awaitable[Any]]:
+        decorator = _DecoratedOnce(pythonic_params=self.pythonic_params, jsonifier=self.jsonifier)
+        return decorator(self._fn)
+
+
+class _Api(AsyncApi):
+    def make_operation(self, operation: AbstractOperation) -> AsyncOperation:
+        return _Operation.from_operation(
+            operation, pythonic_params=self.pythonic_params, jsonifier=self.jsonifier
+        )
+
+
+def install(app: AsyncApp) -> None:
+    """Have the APIs added to ``app`` from now on call their handlers as :class:`_Operation`."""
+    app._middleware_app.api_cls = _Api
