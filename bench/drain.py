@@ -20,12 +20,14 @@ import argparse
 import asyncio
 import json
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from asyncgate.models.jobs import CLAIM
+from asyncgate.worker.loop import CLAIM_SINCE_MARGIN_SECONDS
 from bench.children import Processes, wait_until
 from bench.loadgen import chat_request, latency_summary
 from bench.machine import CpuMeter
@@ -162,7 +164,8 @@ class Drain:
         say(
             f"    empty claim right after: p50 {claims['p50_ms']:.3f} ms, "
             f"p99 {claims['p99_ms']:.3f} ms; in the server p50 {claims['server_p50_ms']:.3f} ms, "
-            f"p99 {claims['server_p99_ms']:.3f} ms"
+            f"p99 {claims['server_p99_ms']:.3f} ms; full claims in the server p50 "
+            f"{claims['full_server_p50_ms']:.3f} ms, p99 {claims['full_server_p99_ms']:.3f} ms"
         )
         return result
 
@@ -185,34 +188,47 @@ class Drain:
         return {"updates": rows[0][0], "hot": rows[0][1], "mb": round(float(rows[0][2]), 1)}
 
     async def probe_claims(self) -> dict[str, float]:
-        """The worker's CLAIM on the now empty queue, ``PROBES`` times over about two seconds:
-        as the client sees it (``p50_ms``, ``p99_ms``) and inside the server (planning and
-        execution, from ``EXPLAIN ANALYZE``: ``server_p50_ms``, ``server_p99_ms``)."""
-        params = {"owner": "drain-probe", "limit": 100, "lease": 30.0, "max_pending": 86400.0}
+        """The worker's CLAIM on the now empty queue, ``PROBES`` times over about two seconds.
+
+        Bounded as the worker's claims are between its full ones (from the newest job it
+        claimed, less its margin): as the client sees it (``p50_ms``, ``p99_ms``) and inside
+        the server (planning and execution, from ``EXPLAIN ANALYZE``: ``server_p50_ms``,
+        ``server_p99_ms``). A tenth of the probes are full claims, which the worker makes once
+        per poll interval (``full_server_p50_ms``, ``full_server_p99_ms``).
+        """
+        rows = await self.bench.sql("SELECT max(created_at) FROM async_jobs")
+        since = rows[0][0] - timedelta(seconds=CLAIM_SINCE_MARGIN_SECONDS)
+        bounded = {"owner": "drain-probe", "limit": 100, "lease": 30.0, "max_pending": 86400.0}
+        bounded["since"] = since
         explain = "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + CLAIM
         client: list[float] = []
         server: list[float] = []
+        full: list[float] = []
         async with await psycopg.AsyncConnection.connect(self.bench.database_url) as conn:
             for i in range(PROBES):
                 if i % 2:
+                    params = {**bounded, "since": None} if i % 10 == 9 else bounded
                     cur = await conn.execute(explain, params)
                     plan = (await cur.fetchall())[0][0][0]
-                    server.append((plan["Planning Time"] + plan["Execution Time"]) / 1000)
+                    took = (plan["Planning Time"] + plan["Execution Time"]) / 1000
+                    (full if params["since"] is None else server).append(took)
                     claimed = plan["Plan"]["Actual Rows"]
                 else:
                     start = time.perf_counter()
-                    cur = await conn.execute(CLAIM, params)
+                    cur = await conn.execute(CLAIM, bounded)
                     claimed = len(await cur.fetchall())
                     client.append(time.perf_counter() - start)
                 await conn.rollback()
                 if claimed:
                     raise RuntimeError(f"the drained queue still had {claimed} jobs")
                 await asyncio.sleep(2.0 / PROBES)
-        inside = latency_summary(server)
+        inside, whole = latency_summary(server), latency_summary(full)
         return {
             **latency_summary(client),
             "server_p50_ms": inside["p50_ms"],
             "server_p99_ms": inside["p99_ms"],
+            "full_server_p50_ms": whole["p50_ms"],
+            "full_server_p99_ms": whole["p99_ms"],
         }
 
 
