@@ -22,6 +22,7 @@ import orjson
 import psycopg_pool
 from yarl import URL
 
+from asyncgate.ids import new_job_id
 from asyncgate.kinds import Kind
 from asyncgate.models.committer import group_committer
 from asyncgate.models.database import Database
@@ -275,7 +276,7 @@ async def raw_inserts(
 
         async def insert() -> None:
             async with pool.connection() as conn:
-                cur = await conn.execute(INSERT_ONE, (uuid.uuid4(), provider, model, text, 3600))
+                cur = await conn.execute(INSERT_ONE, (new_job_id(), provider, model, text, 3600))
                 await cur.fetchone()
 
         return await repeat_calls(insert, duration=duration, concurrency=inserters, meter=meter)
@@ -310,7 +311,7 @@ async def group_commits(
 
             async def submit() -> None:
                 job = NewJob(
-                    id=uuid.uuid4(),
+                    id=new_job_id(),
                     kind=Kind.CHAT_COMPLETION,
                     owner_key_id=None,
                     provider=provider,

@@ -71,7 +71,22 @@ def goals(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
     if q := scenarios.get("poll"):
         ratio = q["gateway"]["per_second"] / q["baseline"]["per_second"]
         goal("poll / baseline", ratio, ">= 0.80", ratio >= 0.8)
+    if d := scenarios.get("drain"):
+        variants = [d[key] for key in ("empty", "large") if key in d]
+        for v in variants:
+            us = v["cpu_us"].get("postgres", float("nan"))
+            goal(f"drain: PG CPU/job, {_rows(v)} (us)", us, "<= 150", us <= 150)
+        if len(variants) == 2:
+            ratio = variants[1]["cpu_us"]["postgres"] / variants[0]["cpu_us"]["postgres"]
+            goal("drain: PG CPU/job large / empty", ratio, "<= 1.20", ratio <= 1.2)
+        p99 = max(v["empty_claim"]["server_p99_ms"] for v in variants)
+        goal("drain: empty claim after (ms)", p99, "< 0.1", p99 < 0.1)
     return found
+
+
+def _rows(variant: dict[str, Any]) -> str:
+    completed = variant["completed_rows"]
+    return f"{completed:,} done" if completed else "empty table"
 
 
 def _cores(cpu: dict[str, float] | None) -> str:
@@ -126,6 +141,22 @@ def table(results: dict[str, Any]) -> str:
     if q := s.get("poll"):
         for key, name in (("gateway", "poll: gateway (api)"), ("baseline", "poll: baseline app")):
             add(name, f"{q[key]['per_second']:.0f} /s", q[key])
+    if d := s.get("drain"):
+        for key in ("empty", "large"):
+            if v := d.get(key):
+                us = v["cpu_us"]
+                add(
+                    f"drain {v['jobs']:,}: {_rows(v)}",
+                    f"{v['jobs_per_second']:.0f} jobs/s, pg {us.get('postgres', 0):.0f} "
+                    f"us/job, worker {us.get('worker', 0):.0f}",
+                    {"cpu": {**v["cpu"], "server": v["cpu"].get("worker", 0)}},
+                )
+                claim = v["empty_claim"]
+                add(
+                    f"  empty claim after, in the server ({_rows(v)})",
+                    f"full {claim['full_server_p99_ms']:.2f} ms p99",
+                    {"p50_ms": claim["server_p50_ms"], "p99_ms": claim["server_p99_ms"]},
+                )
     head = ["scenario", "figure", "p50 ms", "p99 ms", "cores: loadgen/server/pg/other"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]

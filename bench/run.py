@@ -27,6 +27,7 @@ import uvloop
 
 from bench import chart
 from bench.children import Processes, child_environment
+from bench.drain import run_drain
 from bench.machine import machine_info
 from bench.report import NOTES, goals, say, table
 from bench.scenarios import Bench, Plan
@@ -86,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--worker-concurrency", type=int, default=1000, help="worker concurrency in scenario 4"
     )
+    parser.add_argument(
+        "--drain-jobs",
+        type=int,
+        default=100_000,
+        help="backlog of the drain scenario, run beside ten times as many completed jobs "
+        "(quick: a fifth of it)",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     out: Path = args.out
@@ -114,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                     bench = Bench(plan, procs, work, url, results)
                     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                         runner.run(bench.run())
+                        drain_jobs = args.drain_jobs // 5 if plan.quick else args.drain_jobs
+                        runner.run(run_drain(bench, drain_jobs, 10 * drain_jobs))
             finally:
                 procs.close()
         results["complete"] = True

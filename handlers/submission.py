@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +14,7 @@ from starlette.datastructures import UploadFile
 from asyncgate import local
 from asyncgate.config import JobsConfig, LimitsConfig, ProviderConfig
 from asyncgate.errors import BadRequest, PayloadTooLarge
+from asyncgate.ids import new_job_id
 from asyncgate.kinds import KINDS, Kind
 from asyncgate.models.jobs import Committed, NewFile, NewJob
 from asyncgate.routing import candidate_models, check_models, split_model
@@ -223,7 +223,7 @@ def build_job(
     check_local_models(kind, body, providers)
     idempotency_key = headers.get(IDEMPOTENCY_HEADER)
     return NewJob(
-        id=uuid.uuid4(),
+        id=new_job_id(),
         kind=kind,
         owner_key_id=owner_key_id,
         provider=provider,

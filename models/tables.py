@@ -64,6 +64,13 @@ STATUS_COMMENT = (
     "pending or processing -> cancelled when the client cancels."
 )
 
+JOBS_STORAGE = {
+    "autovacuum_vacuum_scale_factor": "0.01",
+    "autovacuum_vacuum_threshold": "1000",
+    "autovacuum_analyze_scale_factor": "0.02",
+}
+"""Storage parameters of ``async_jobs`` (``\\d+ async_jobs`` shows them as Options)."""
+
 virtual_keys = Table(
     "virtual_keys",
     metadata,
@@ -261,6 +268,9 @@ async_jobs = Table(
         postgresql_where=text("idempotency_key IS NOT NULL"),
     ),
     comment="One row per async inference job, from submit until the sweeper deletes it.",
+    # Vacuumed after 1% of it changed: each job leaves two dead versions, and their entries in
+    # async_jobs_pending_idx, until VACUUM (migration 0010).
+    postgresql_with=JOBS_STORAGE,
 )
 
 async_job_files = Table(

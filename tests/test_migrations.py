@@ -339,3 +339,16 @@ def test_0005_admin_keys_list_indexes_and_idempotency(empty_database: str) -> No
     assert not columns & {"is_admin", "idempotency_key", "request_hash"}
     assert not relations(empty_database) & {"async_jobs_list_idx", "async_jobs_idempotency_idx"}
     assert query(empty_database, "SELECT count(*) FROM async_jobs") == [(2,)]
+
+
+def test_0010_sets_the_job_tables_autovacuum_settings_as_declared(empty_database: str) -> None:
+    from asyncgate.models.tables import JOBS_STORAGE
+
+    def options() -> dict[str, str]:
+        rows = query(empty_database, "SELECT reloptions FROM pg_class WHERE relname = 'async_jobs'")
+        return dict(option.split("=", 1) for option in rows[0][0] or [])
+
+    migrate.upgrade(empty_database)
+    assert options() == JOBS_STORAGE
+    migrate.downgrade(empty_database, "0009")
+    assert options() == {}

@@ -23,7 +23,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from asyncgate.config import WorkerConfig
 from asyncgate.errors import error_body
@@ -52,6 +52,12 @@ STALE_ERROR = error_body(
     "the job waited too long for a worker and was not run",
     error_type="pending_deadline_exceeded",
 )
+
+
+CLAIM_SINCE_MARGIN_SECONDS = 2.0
+"""How far before the newest job it claimed a worker's next claims start looking. A job is
+created at the start of its submit's transaction and seen at its commit: one committing later
+than this (or requeued with its old creation time) is found by the next full claim."""
 
 
 def worker_id() -> str:
@@ -92,6 +98,9 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._finisher: Batcher[Outcome, bool] = Batcher(self._write_outcomes, name="finish")
         self._renew_now = asyncio.Event()
+        self._claim_since: datetime | None = None
+        """Lower bound of the claims between full ones (see :meth:`_claim_forever`)."""
+        self._full_claim_at = float("-inf")
         self.breaker = store.db.breaker
         self.breaker.on_close(self._renew_now.set)
         notifications.on_done = self._ended_elsewhere
@@ -151,15 +160,26 @@ class Worker:
             wanted = min(free, config.claim_batch)
             jobs: list[ClaimedJob] = []
             if wanted > 0:
+                # A full claim (no lower bound) once per poll interval; in between, claims
+                # start near the jobs last claimed and skip what the queue index still holds
+                # of the jobs claimed before.
+                full = time.monotonic() - self._full_claim_at >= config.poll_seconds
                 try:
                     jobs = await self.store.claim(
-                        self.owner, wanted, config.lease_seconds, config.max_pending_seconds
+                        self.owner,
+                        wanted,
+                        config.lease_seconds,
+                        config.max_pending_seconds,
+                        since=None if full else self._claim_since,
                     )
                 except Exception as exc:
                     if not is_outage(exc):
                         log.exception("claim failed")
                     await asyncio.sleep(config.poll_seconds)
                     continue
+                if full:
+                    self._full_claim_at = time.monotonic()
+                self._advance_claim_since(jobs)
                 again = [job.id for job in jobs if job.id in self.running]
                 for job in jobs:
                     if job.id not in self.running:
@@ -169,6 +189,13 @@ class Worker:
             if wanted > 0 and len(jobs) == wanted:
                 continue
             await self.notifications.wait(config.poll_seconds)
+
+    def _advance_claim_since(self, jobs: list[ClaimedJob]) -> None:
+        if not jobs:
+            return
+        bound = max(job.created_at for job in jobs) - timedelta(seconds=CLAIM_SINCE_MARGIN_SECONDS)
+        if self._claim_since is None or bound > self._claim_since:
+            self._claim_since = bound
 
     async def _uncount(self, ids: list[uuid.UUID]) -> None:
         for job_id in ids:

@@ -1,0 +1,281 @@
+"""The drain scenario: a backlog already waiting, worked off by one ``worker`` process.
+
+    .venv/bin/python -m bench.drain [--jobs 100000] [--completed 1000000] [--revision REV]
+                                    [--database-url URL] [--out bench/results]
+
+The backlog (``jobs`` pending chat jobs, rows like the gateway's own) is written with SQL, then
+``VACUUM ANALYZE``; one worker drains it against the zero-latency fake upstream. Measured: jobs/s
+until every job is terminal, CPU per job of the worker and of PostgreSQL, WAL bytes and HOT
+updates per job, then the claim on the empty queue right after the drain (the worker's own
+CLAIM, in a transaction rolled back). It runs twice: on an otherwise empty table and beside
+``completed`` terminal jobs (a table that has been in use), where the cost must be the same.
+
+Standalone, ``--revision`` migrates the fresh database only that far (to compare a schema
+change with the one before it in one run); ``bench.run`` includes the scenario as ``drain``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from asyncgate.models.jobs import CLAIM
+from asyncgate.worker.loop import CLAIM_SINCE_MARGIN_SECONDS
+from bench.children import Processes, wait_until
+from bench.loadgen import chat_request, latency_summary
+from bench.machine import CpuMeter
+from bench.report import say
+from bench.scenarios import Bench, Plan, per_job_text
+from tests.launch import ROOT
+
+PROBES = 200
+"""Empty-queue claims measured right after each drain, spread over about two seconds."""
+
+# Time-ordered ids as the gateway makes them (asyncgate.ids): 48 bits of Unix milliseconds,
+# then random bits, version 7 and the RFC 4122 variant.
+ORDERED_ID = """
+encode(set_byte(set_byte(overlay(uuid_send(gen_random_uuid())
+    PLACING substring(int8send((extract(epoch FROM {at}) * 1000)::bigint) FROM 3) FROM 1 FOR 6),
+    6, (b'0111' || get_byte(uuid_send(gen_random_uuid()), 6)::bit(8)::bit(4))::bit(8)::int),
+    8, (b'10' || get_byte(uuid_send(gen_random_uuid()), 8)::bit(8)::bit(6))::bit(8)::int),
+    'hex')::uuid
+"""
+
+# Pending chat jobs, oldest first, one millisecond apart, ending now.
+BACKLOG = """
+INSERT INTO async_jobs (id, kind, provider, model, request, ttl_seconds, created_at)
+SELECT {id}, 'chat_completion', %(provider)s, %(model)s, %(request)s::jsonb, 3600, at
+FROM (SELECT now() - make_interval(secs => (%(jobs)s - n) / 1000.0) AS at
+      FROM generate_series(1, %(jobs)s) AS n) AS t
+"""
+
+# Completed jobs of the day before, kept for a month.
+COMPLETED = """
+INSERT INTO async_jobs (id, kind, status, provider, model, request, ttl_seconds, result,
+                        status_code, attempts, created_at, started_at, completed_at, expires_at)
+SELECT {id}, 'chat_completion', 'completed', %(provider)s, %(model)s, %(request)s::jsonb,
+       2592000, %(result)s::jsonb, 200, 1, at, at, at, at + interval '30 days'
+FROM (SELECT now() - interval '1 day' + make_interval(secs => n / 100.0) AS at
+      FROM generate_series(1, %(jobs)s) AS n) AS t
+"""
+
+
+def completion(size: int = 1024) -> dict[str, Any]:
+    """A chat completion answer of about ``size`` bytes of JSON."""
+    content = ("The northern region grew four percent; risks are supply and currency. " * 20)[
+        : size - 300
+    ]
+    return {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "ok",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 250, "completion_tokens": 180, "total_tokens": 430},
+    }
+
+
+class Drain:
+    """The drain scenario on a :class:`bench.scenarios.Bench` (its database, upstream and
+    process list); :meth:`run` stores the figures in ``bench.scenarios["drain"]``."""
+
+    def __init__(self, bench: Bench, jobs: int, completed: int, ordered_ids: bool) -> None:
+        self.bench = bench
+        self.jobs = jobs
+        self.completed = completed
+        self.id_sql = ORDERED_ID.format(at="at") if ordered_ids else "gen_random_uuid()"
+        self.request = chat_request()
+        self.model = self.request["model"]
+
+    async def run(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"jobs": self.jobs, "completed_rows": self.completed}
+        out["empty"] = await self.variant("empty table", 0)
+        if self.completed:
+            out["large"] = await self.variant(f"{self.completed} completed rows", self.completed)
+        self.bench.scenarios["drain"] = out
+        return out
+
+    async def fill(self, completed: int) -> None:
+        """An empty table, then ``completed`` terminal rows and the backlog, then VACUUM ANALYZE."""
+        bench = self.bench
+        await bench.reset_jobs()
+        params = {
+            "provider": self.model.split("/", 1)[0],
+            "model": self.model,
+            "request": json.dumps(self.request),
+            "result": json.dumps(completion()),
+        }
+        if completed:
+            say(f"drain: writing {completed} completed jobs")
+            await self.execute(COMPLETED.format(id=self.id_sql), {**params, "jobs": completed})
+        say(f"drain: writing a backlog of {self.jobs} pending jobs")
+        await self.execute(BACKLOG.format(id=self.id_sql), {**params, "jobs": self.jobs})
+        await bench.sql("VACUUM ANALYZE async_jobs")
+        await bench.sql("CHECKPOINT")
+
+    async def variant(self, label: str, completed: int) -> dict[str, Any]:
+        bench = self.bench
+        await self.fill(completed)
+        stats_before = await self.table_stats()
+        wal_before = (await bench.sql("SELECT pg_current_wal_lsn()"))[0][0]
+        _, worker = await bench.start_gateway("drain-worker", "worker", bench.upstream_url)
+        say(f"drain: one worker working off {self.jobs} jobs ({label})")
+        with CpuMeter(worker=worker) as cpu:
+            start = time.perf_counter()
+            end = await wait_until(self.drained, 600, f"{self.jobs} jobs to finish", 0.2)
+        wal = (await bench.sql("SELECT pg_current_wal_lsn() - %s::pg_lsn", wal_before))[0][0]
+        after = await self.table_stats()
+        claims = await self.probe_claims()
+        bench.procs.stop(worker)
+        elapsed = end - start
+        per_job = cpu.per_job_us(self.jobs)
+        updates = after["updates"] - stats_before["updates"]
+        result = {
+            "jobs": self.jobs,
+            "completed_rows": completed,
+            "seconds": round(elapsed, 3),
+            "jobs_per_second": self.jobs / elapsed,
+            "cpu": cpu.figures,
+            "cpu_us": per_job,
+            "wal_bytes_per_job": round(float(wal) / self.jobs),
+            "hot_update_share": (after["hot"] - stats_before["hot"]) / updates if updates else 0,
+            "table_mb": after["mb"],
+            "empty_claim": claims,
+        }
+        say(
+            f"  {label}: {result['jobs_per_second']:.0f} jobs/s, "
+            f"{result['wal_bytes_per_job']} WAL bytes/job, "
+            f"{result['hot_update_share']:.0%} HOT updates"
+        )
+        say(f"    {cpu.text()}; {per_job_text(per_job)}")
+        say(
+            f"    empty claim right after: p50 {claims['p50_ms']:.3f} ms, "
+            f"p99 {claims['p99_ms']:.3f} ms; in the server p50 {claims['server_p50_ms']:.3f} ms, "
+            f"p99 {claims['server_p99_ms']:.3f} ms; full claims in the server p50 "
+            f"{claims['full_server_p50_ms']:.3f} ms, p99 {claims['full_server_p99_ms']:.3f} ms"
+        )
+        return result
+
+    async def execute(self, statement: str, params: dict[str, Any]) -> None:
+        assert self.bench.db is not None
+        await self.bench.db.execute(statement, params)
+
+    async def drained(self) -> float | None:
+        rows = await self.bench.sql(
+            "SELECT EXISTS (SELECT FROM async_jobs WHERE status = 'pending')"
+            " OR EXISTS (SELECT FROM async_jobs WHERE status = 'processing')"
+        )
+        return None if rows[0][0] else time.perf_counter()
+
+    async def table_stats(self) -> dict[str, float]:
+        rows = await self.bench.sql(
+            "SELECT n_tup_upd, n_tup_hot_upd, pg_total_relation_size(relid) / 2.0^20"
+            " FROM pg_stat_user_tables WHERE relname = 'async_jobs'"
+        )
+        return {"updates": rows[0][0], "hot": rows[0][1], "mb": round(float(rows[0][2]), 1)}
+
+    async def probe_claims(self) -> dict[str, float]:
+        """The worker's CLAIM on the now empty queue, ``PROBES`` times over about two seconds.
+
+        Bounded as the worker's claims are between its full ones (from the newest job it
+        claimed, less its margin): as the client sees it (``p50_ms``, ``p99_ms``) and inside
+        the server (planning and execution, from ``EXPLAIN ANALYZE``: ``server_p50_ms``,
+        ``server_p99_ms``). A tenth of the probes are full claims, which the worker makes once
+        per poll interval (``full_server_p50_ms``, ``full_server_p99_ms``).
+        """
+        rows = await self.bench.sql("SELECT max(created_at) FROM async_jobs")
+        since = rows[0][0] - timedelta(seconds=CLAIM_SINCE_MARGIN_SECONDS)
+        bounded = {"owner": "drain-probe", "limit": 100, "lease": 30.0, "max_pending": 86400.0}
+        bounded["since"] = since
+        explain = "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + CLAIM
+        client: list[float] = []
+        server: list[float] = []
+        full: list[float] = []
+        async with await psycopg.AsyncConnection.connect(self.bench.database_url) as conn:
+            for i in range(PROBES):
+                if i % 2:
+                    params = {**bounded, "since": None} if i % 10 == 9 else bounded
+                    cur = await conn.execute(explain, params)
+                    plan = (await cur.fetchall())[0][0][0]
+                    took = (plan["Planning Time"] + plan["Execution Time"]) / 1000
+                    (full if params["since"] is None else server).append(took)
+                    claimed = plan["Plan"]["Actual Rows"]
+                else:
+                    start = time.perf_counter()
+                    cur = await conn.execute(CLAIM, bounded)
+                    claimed = len(await cur.fetchall())
+                    client.append(time.perf_counter() - start)
+                await conn.rollback()
+                if claimed:
+                    raise RuntimeError(f"the drained queue still had {claimed} jobs")
+                await asyncio.sleep(2.0 / PROBES)
+        inside, whole = latency_summary(server), latency_summary(full)
+        return {
+            **latency_summary(client),
+            "server_p50_ms": inside["p50_ms"],
+            "server_p99_ms": inside["p99_ms"],
+            "full_server_p50_ms": whole["p50_ms"],
+            "full_server_p99_ms": whole["p99_ms"],
+        }
+
+
+async def run_drain(bench: Bench, jobs: int, completed: int) -> dict[str, Any]:
+    """The scenario with a connection of its own on ``bench`` (whose own has closed)."""
+    bench.db = await psycopg.AsyncConnection.connect(bench.database_url, autocommit=True)
+    try:
+        return await Drain(bench, jobs, completed, ordered_ids=True).run()
+    finally:
+        await bench.db.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from asyncgate.models import migrate
+    from bench.run import run_scenario
+
+    parser = argparse.ArgumentParser(prog="python -m bench.drain", description=__doc__)
+    parser.add_argument("--jobs", type=int, default=100_000, help="backlog size")
+    parser.add_argument("--completed", type=int, default=1_000_000, help="terminal rows beside")
+    parser.add_argument("--revision", help="migrate only this far (default: head)")
+    parser.add_argument("--random-ids", action="store_true", help="uuid4 ids for the rows")
+    parser.add_argument("--database-url", help="PostgreSQL admin URL (default: embedded server)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"), type=Path)
+    args = parser.parse_args(argv)
+
+    async def scenario(url: str, work: Path, procs: Processes) -> dict[str, Any]:
+        if args.revision:
+            migrate.downgrade(url, args.revision)
+        bench = Bench(Plan.make(True, 1000), procs, work, url, {"machine": {}})
+        bench.db = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        try:
+            rows = await bench.sql("SELECT pg_backend_pid()")
+            import psutil
+
+            CpuMeter.postmaster = psutil.Process(psutil.Process(rows[0][0]).ppid())
+            bench.upstream_url, _ = procs.start_upstream("upstream", work / "up.port", 0.0)
+            drain = Drain(bench, args.jobs, args.completed, ordered_ids=not args.random_ids)
+            return await drain.run()
+        finally:
+            await bench.db.close()
+
+    figures = run_scenario("asyncgate-drain-", args.database_url, args.out, scenario)
+    path = args.out / f"drain-{args.revision or 'head'}.json"
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    say(f"figures in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
