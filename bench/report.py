@@ -71,6 +71,11 @@ def goals(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
     if q := scenarios.get("poll"):
         ratio = q["gateway"]["per_second"] / q["baseline"]["per_second"]
         goal("poll / baseline", ratio, ">= 0.80", ratio >= 0.8)
+    if b := scenarios.get("bodies"):
+        if m := b.get("1m"):
+            goal("1 MB bodies: submit p99 (ms)", m["p99_ms"], "<= 500", m["p99_ms"] <= 500)
+            rss = m["api_peak_rss_mb"]
+            goal("1 MB bodies: API peak RSS (MB)", rss, "<= 300", rss <= 300)
     return found
 
 
@@ -126,6 +131,16 @@ def table(results: dict[str, Any]) -> str:
     if q := s.get("poll"):
         for key, name in (("gateway", "poll: gateway (api)"), ("baseline", "poll: baseline app")):
             add(name, f"{q[key]['per_second']:.0f} /s", q[key])
+    if b := s.get("bodies"):
+        for key, name in (("64k", "64 KB bodies"), ("1m", "1 MB bodies")):
+            if r := b.get(key):
+                cpu = r.get("cpu_us", {})
+                add(f"submit: {name} (api)", f"{r['per_second']:.0f} /s", r)
+                add(
+                    f"  {name}: API RSS, CPU/job api/pg",
+                    f"{r['api_peak_rss_mb']:.0f} MB, "
+                    f"{cpu.get('api', 0) / 1000:.1f}/{cpu.get('postgres', 0) / 1000:.1f} ms",
+                )
     head = ["scenario", "figure", "p50 ms", "p99 ms", "cores: loadgen/server/pg/other"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]

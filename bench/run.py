@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import uvloop
 
-from bench import chart
+from bench import bodies, chart
 from bench.children import Processes, child_environment
 from bench.machine import machine_info
 from bench.report import NOTES, goals, say, table
@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                     bench = Bench(plan, procs, work, url, results)
                     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                         runner.run(bench.run())
+                        results["scenarios"]["bodies"] = runner.run(
+                            bodies.measure(plan.quick, url, work, procs)
+                        )
             finally:
                 procs.close()
         results["complete"] = True
