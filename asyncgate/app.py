@@ -25,6 +25,7 @@ from asyncgate.handlers.docs import DocsMiddleware
 from asyncgate.handlers.hold import HoldMiddleware
 from asyncgate.handlers.limits import BodyLimitMiddleware
 from asyncgate.handlers.metrics import RequestMetricsMiddleware
+from asyncgate.handlers.parsed_body import ParsedBodyApi
 from asyncgate.handlers.validation import validator_map
 from asyncgate.metrics import Metrics
 from asyncgate.resources import spec_dir
@@ -76,6 +77,7 @@ def connexion_app(
         middlewares=middlewares,
         swagger_ui_options=SwaggerUIOptions(swagger_ui_path="/docs"),
     )
+    app._middleware_app.api_cls = ParsedBodyApi  # no hook but this one for the request class
     # Counting outside the hold, so that a held long-poll's answer and time are counted.
     app.add_middleware(
         RequestMetricsMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics

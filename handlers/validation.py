@@ -1,7 +1,8 @@
 """Connexion's request validators, tuned: the spec stays the only input validator.
 
-- JSON bodies are parsed with orjson (strict UTF-8, bounded nesting) and each operation's
-  compiled schema validator is built once instead of on every request.
+- JSON bodies are parsed with orjson (strict UTF-8, bounded nesting), once: the handler gets
+  the same object (:mod:`asyncgate.handlers.parsed_body`); each operation's compiled schema
+  validator is built once instead of on every request.
 - The TTL and timeout headers are left to the handler: the contract says a bad value means
   "use the default", not "reject the request". Other headers (Idempotency-Key) are checked
   against their schema by a validator compiled once per parameter.
@@ -29,6 +30,7 @@ from starlette.formparsers import MultiPartParser
 from starlette.types import Scope
 
 from asyncgate.errors import BadRequest
+from asyncgate.handlers.parsed_body import PARSED_JSON
 from asyncgate.handlers.problems import describe
 from asyncgate.handlers.submission import TIMEOUT_HEADER, TTL_HEADER
 
@@ -91,9 +93,11 @@ def cached_json_validator() -> type[JSONRequestBodyValidator]:
             if not body:
                 return None
             try:
-                return orjson.loads(body)
+                parsed = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
                 raise BadRequestProblem(detail=f"malformed JSON body: {exc}") from None
+            scope[PARSED_JSON] = parsed  # the handler's body (asyncgate.handlers.parsed_body)
+            return parsed
 
     return CachedJSONRequestBodyValidator
 
