@@ -31,6 +31,8 @@ from asyncgate import local
 ENV_PREFIX = "ASYNCGATE_"
 MAX_WAIT_LIMIT = 3600
 """Upper bound of ``jobs.max_wait_seconds``: a request held longer is a connection problem."""
+MAX_GROUP_COMMIT_BYTES = 256 * 1024 * 1024
+"""Upper bound of ``database.group_commit_max_bytes``, well under PostgreSQL's 1 GB per value."""
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
@@ -99,6 +101,9 @@ class DatabaseConfig:
     connect_timeout: float = 5.0
     startup_timeout_seconds: float = 60.0
     """How long a starting process waits for PostgreSQL before it exits with an error."""
+    group_commit_max_bytes: int = 4 * 1024 * 1024
+    """Request JSON bytes one group-commit statement carries at most; a batch always takes at
+    least one job, however large."""
 
 
 @dataclass(frozen=True)
@@ -505,6 +510,10 @@ def _check(settings: Settings) -> None:
         problems.append("database.connect_timeout must be positive")
     if not 0 <= d.startup_timeout_seconds <= 86400:
         problems.append("database.startup_timeout_seconds must be between 0 and 86400")
+    if not 1 <= d.group_commit_max_bytes <= MAX_GROUP_COMMIT_BYTES:
+        problems.append(
+            f"database.group_commit_max_bytes must be between 1 and {MAX_GROUP_COMMIT_BYTES}"
+        )
     if d.listen_url is not None:
         if d.url is None:
             problems.append(

@@ -60,7 +60,9 @@ async def api_services(
     """
     store = JobStore(db, idempotency_window_seconds=settings.jobs.idempotency_window_seconds)
     committer = group_committer(
-        store, on_commit=local_worker.notifications.event.set if local_worker else None
+        store,
+        max_batch_bytes=settings.database.group_commit_max_bytes,
+        on_commit=local_worker.notifications.event.set if local_worker else None,
     )
     events = JobEvents(db.listen_url, store)
     committer.start()

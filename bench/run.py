@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import uvloop
 
-from bench import chart
+from bench import bodies, chart
 from bench.children import Processes, child_environment
 from bench.drain import run_drain
 from bench.machine import machine_info
@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                         runner.run(bench.run())
                         drain_jobs = args.drain_jobs // 5 if plan.quick else args.drain_jobs
                         runner.run(run_drain(bench, drain_jobs, 10 * drain_jobs))
+                        results["scenarios"]["bodies"] = runner.run(
+                            bodies.measure(plan.quick, url, work, procs)
+                        )
             finally:
                 procs.close()
         results["complete"] = True

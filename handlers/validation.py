@@ -1,11 +1,12 @@
 """Connexion's request validators, tuned: the spec stays the only input validator.
 
-- JSON bodies are parsed with orjson (strict UTF-8, bounded nesting) and each operation's
-  compiled schema validator is built once instead of on every request. A body is first checked
-  by the schema compiled to Python code (fastjsonschema, about ten times faster); only a body it
-  refuses goes through Connexion's own validator, which decides: its verdict and its message
-  are the contract's. The compiled check never accepts more (formats use the same checker, and
-  the OpenAPI keywords it does not know, such as ``nullable``, only make it stricter).
+- JSON bodies are parsed with orjson (strict UTF-8, bounded nesting), once: the handler gets
+  the same object (:mod:`asyncgate.handlers.prepared`); each operation's compiled schema
+  validator is built once instead of on every request. A body is first checked by the schema
+  compiled to Python code (fastjsonschema, about ten times faster); only a body it refuses goes
+  through Connexion's own validator, which decides: its verdict and its message are the
+  contract's. The compiled check never accepts more (formats use the same checker, and the
+  OpenAPI keywords it does not know, such as ``nullable``, only make it stricter).
 - The TTL and timeout headers are left to the handler: the contract says a bad value means
   "use the default", not "reject the request". Other headers (Idempotency-Key) are checked
   against their schema by a validator compiled once per parameter.
@@ -15,6 +16,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -34,9 +37,12 @@ from starlette.formparsers import MultiPartParser
 from starlette.types import Scope
 
 from asyncgate.errors import BadRequest
+from asyncgate.handlers.prepared import PARSED_JSON
 from asyncgate.handlers.problems import describe
 from asyncgate.handlers.submission import TIMEOUT_HEADER, TTL_HEADER
 
+_LONG_NUMBER = re.compile(rb"\d{19}")
+"""Nineteen digits in a row: perhaps an integer beyond 64 bits (or just a long string)."""
 _HEADER_VALIDATORS: dict[int, tuple[dict[str, Any], Draft4Validator]] = {}
 
 
@@ -157,9 +163,15 @@ def cached_json_validator() -> type[JSONRequestBodyValidator]:
             if not body:
                 return None
             try:
-                return orjson.loads(body)
+                parsed = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
                 raise BadRequestProblem(detail=f"malformed JSON body: {exc}") from None
+            if _LONG_NUMBER.search(body):
+                # orjson reads integers wider than 64 bits as floats; the standard library
+                # keeps them exact (the body is known to be valid JSON by now).
+                parsed = json.loads(body)
+            scope[PARSED_JSON] = parsed  # the handler's body (asyncgate.handlers.prepared)
+            return parsed
 
     return CachedJSONRequestBodyValidator
 

@@ -24,10 +24,16 @@ def group_committer(
     *,
     flushers: int = 3,
     max_batch: int = 256,
+    max_batch_bytes: int = 4 * 1024 * 1024,
     on_commit: Callable[[], None] | None = None,
 ) -> Batcher[NewJob, Committed]:
     """A batcher whose ``submit(job)`` returns the job's :class:`Committed` once it is committed
     (or raises :class:`models.jobs.IdempotencyKeyReused`).
+
+    A batch holds at most ``max_batch`` jobs and, unless it is a single job, at most
+    ``max_batch_bytes`` of request JSON: large bodies make small batches, so one statement's
+    parameter, and the memory it takes on both sides, stays bounded. Each job's request is
+    encoded when it is submitted, on its caller's turn, and that encoding is what is stored.
 
     ``on_commit`` runs after each committed batch: a worker in the same process uses it to
     wake at once instead of waiting for the NOTIFY round trip.
@@ -45,4 +51,11 @@ def group_committer(
             on_commit()
         return answers
 
-    return Batcher(insert, name="group-commit", flushers=flushers, max_batch=max_batch)
+    return Batcher(
+        insert,
+        name="group-commit",
+        flushers=flushers,
+        max_batch=max_batch,
+        cost=lambda job: len(job.encoded_request()),
+        max_batch_cost=max_batch_bytes,
+    )

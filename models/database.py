@@ -75,6 +75,14 @@ def dumps(value: object) -> str:
         return json.dumps(value)
 
 
+def dumps_bytes(value: object) -> bytes:
+    """JSON text of ``value`` as UTF-8 bytes, as :func:`dumps` writes it (without decoding)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False).encode()
+
+
 async def _configure(conn: psycopg.AsyncConnection) -> None:
     set_json_loads(orjson.loads, conn)
     set_json_dumps(dumps, conn)

@@ -20,10 +20,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from asyncgate.errors import error_body
 from asyncgate.kinds import Kind
-from asyncgate.models.database import Database, dumps
+from asyncgate.models.database import Database, dumps, dumps_bytes
 from asyncgate.status import JobStatus
 from asyncgate.trace import TraceContext
 
@@ -35,6 +36,12 @@ _DONE = f"pg_notify('{DONE_CHANNEL}', id::text)"
 REQUEUED_CHANNEL = "asyncgate_requeued"
 """Carries the id of every terminal job an operator sent back to ``pending``: API processes
 drop their cached answer for it (:meth:`JobStore.forget`)."""
+
+
+def _as_is(text: object) -> bytes:
+    """The JSON text a :class:`Jsonb` parameter was given, sent as it is (text format)."""
+    assert isinstance(text, bytes)
+    return text
 
 
 @dataclass(slots=True)
@@ -68,6 +75,14 @@ class NewJob:
     """The submit's W3C trace context, kept for the job's upstream requests."""
     webhook_endpoint_id: int | None = None
     """The endpoint its ``x-bf-async-webhook`` named; told when the job ends."""
+    request_json: bytes | None = None
+    """``request`` as JSON text; set by :meth:`encoded_request`, so it is encoded only once."""
+
+    def encoded_request(self) -> bytes:
+        """``request`` as JSON text (UTF-8), encoded on the first call and kept."""
+        if self.request_json is None:
+            self.request_json = dumps_bytes(self.request)
+        return self.request_json
 
     @property
     def idempotency_scope(self) -> tuple[int, str] | None:
@@ -182,7 +197,7 @@ WITH inserted AS (
     SELECT id, kind, owner_key_id, provider, model, request, ttl_seconds,
            now() + make_interval(secs => timeout_seconds), traceparent, tracestate,
            webhook_endpoint_id
-    FROM jsonb_to_recordset(%s::jsonb) AS t(
+    FROM jsonb_to_recordset(%t::jsonb) AS t(
         id uuid, kind text, owner_key_id bigint, provider text, model text, request jsonb,
         ttl_seconds integer, timeout_seconds integer, traceparent text, tracestate text,
         webhook_endpoint_id bigint)
@@ -202,7 +217,7 @@ SELECT count(*), max(created_at), pg_notify('{NOTIFY_CHANNEL}', '') FROM inserte
 # planner cannot flatten into a join: it probes async_jobs_idempotency_idx row by row.
 INSERT_IDEMPOTENT_JOBS = f"""
 WITH rows AS (
-    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS t(
+    SELECT * FROM jsonb_to_recordset(%(rows)t::jsonb) AS t(
         id uuid, kind text, owner_key_id bigint, provider text, model text, request jsonb,
         ttl_seconds integer, idempotency_key text, request_hash text, timeout_seconds integer,
         traceparent text, tracestate text, webhook_endpoint_id bigint)
@@ -581,15 +596,21 @@ class JobStore:
         return answers
 
     @staticmethod
-    def _rows(jobs: Sequence[NewJob]) -> list[dict[str, Any]]:
-        return [
-            {
+    def _rows(jobs: Sequence[NewJob]) -> Jsonb:
+        """The batch as one JSON array of row objects, for ``jsonb_to_recordset``.
+
+        Each request's JSON text is spliced in as it was encoded (:meth:`NewJob.encoded_request`)
+        and the array is joined once: a large body is copied into the statement's parameter,
+        never encoded, decoded or parsed again on this side.
+        """
+        parts = [b"["]
+        for j in jobs:
+            row = {
                 "id": str(j.id),
                 "kind": j.kind.value,
                 "owner_key_id": j.owner_key_id,
                 "provider": j.provider,
                 "model": j.model,
-                "request": j.request,
                 "ttl_seconds": j.ttl_seconds,
                 "idempotency_key": j.idempotency_key,
                 "request_hash": None if j.request_hash is None else j.request_hash.hex(),
@@ -598,8 +619,11 @@ class JobStore:
                 "tracestate": j.trace and j.trace.tracestate,
                 "webhook_endpoint_id": j.webhook_endpoint_id,
             }
-            for j in jobs
-        ]
+            if len(parts) > 1:
+                parts.append(b",")
+            parts += (dumps_bytes(row)[:-1], b',"request":', j.encoded_request(), b"}")
+        parts.append(b"]")
+        return Jsonb(b"".join(parts), dumps=_as_is)
 
     async def _insert_idempotent(
         self, conn: psycopg.AsyncConnection, jobs: Sequence[NewJob], *, again: bool = True
@@ -607,7 +631,7 @@ class JobStore:
         """Insert; returns the winning job (id, created_at, request hash) of each job's
         (owner, key) scope, or of its own id for a job without a key. Jobs whose key is held
         by a stale job release it and are inserted once more (``again``)."""
-        params = {"rows": dumps(self._rows(jobs)), "window": self.idempotency_window_seconds}
+        params = {"rows": self._rows(jobs), "window": self.idempotency_window_seconds}
         cur = await conn.execute(INSERT_IDEMPOTENT_JOBS, params)
         inserted_at: datetime | None = None
         taken: dict[uuid.UUID, tuple[Any, Any, Any, Any]] = {}
@@ -658,7 +682,7 @@ class JobStore:
     @staticmethod
     async def _insert(conn: psycopg.AsyncConnection, jobs: Sequence[NewJob]) -> datetime:
         # jsonb_to_recordset reads the columns it names and ignores the idempotency members.
-        cur = await conn.execute(INSERT_JOBS, (dumps(JobStore._rows(jobs)),))
+        cur = await conn.execute(INSERT_JOBS, (JobStore._rows(jobs),))
         row = await cur.fetchone()
         if row is None or row[0] != len(jobs):
             raise RuntimeError(f"batch insert wrote {row and row[0]} of {len(jobs)} jobs")

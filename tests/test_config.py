@@ -208,6 +208,12 @@ def test_secrets_never_show(tmp_path: Path) -> None:
         ("", {"ASYNCGATE_DATABASE_STARTUP_TIMEOUT_SECONDS": "soon"}, "startup_timeout_seconds"),
         ("[database]\nconnect_timeout = 0\n", {}, "database.connect_timeout"),
         ("[database]\npool_size = 0\n", {}, "database.pool_size"),
+        ("[database]\ngroup_commit_max_bytes = 0\n", {}, "database.group_commit_max_bytes"),
+        (
+            "[database]\ngroup_commit_max_bytes = 268435457\n",
+            {},
+            "database.group_commit_max_bytes",
+        ),
         ("[database]\nlisten_url = 'postgresql://db/jobs'\n", {}, "database.listen_url needs"),
         (
             "[database]\nurl = 'postgresql://pooler/jobs'\nlisten_url = 'db:5432'\n",

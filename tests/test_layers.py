@@ -20,6 +20,7 @@ DOMAIN = {
     "__init__",
     "config",
     "embedded",
+    "ids",
     "errors",
     "kinds",
     "local",
