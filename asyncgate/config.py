@@ -162,7 +162,7 @@ class WorkerConfig:
 class SweeperConfig:
     interval_seconds: float = 60.0
     batch: int = 1000
-    pause_seconds: float = 0.0
+    pause_seconds: float = 0.1
     """Wait between two batches of one sweep, so a long sweep leaves room to other writers."""
 
 

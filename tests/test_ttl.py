@@ -181,7 +181,7 @@ def test_two_sweepers_at_once_delete_each_row_once(database_url: str, sql: Sql) 
     alive = _insert_jobs(sql, 40, expired=False, with_files=True)
 
     async def sweep_twice(store: JobStore) -> list[int]:
-        config = SweeperConfig(batch=50)
+        config = SweeperConfig(batch=50, pause_seconds=0.0)
         return list(
             await asyncio.gather(
                 Sweeper(store, config).sweep_once(), Sweeper(store, config).sweep_once()
