@@ -161,8 +161,8 @@ class WorkerConfig:
 @dataclass(frozen=True)
 class SweeperConfig:
     interval_seconds: float = 60.0
-    batch: int = 1000
-    pause_seconds: float = 0.1
+    batch: int = 250
+    pause_seconds: float = 0.05
     """Wait between two batches of one sweep, so a long sweep leaves room to other writers."""
 
 
