@@ -171,7 +171,9 @@ class WorkerConfig:
 @dataclass(frozen=True)
 class SweeperConfig:
     interval_seconds: float = 60.0
-    batch: int = 1000
+    batch: int = 250
+    pause_seconds: float = 0.05
+    """Wait between two batches of one sweep, so a long sweep leaves room to other writers."""
 
 
 @dataclass(frozen=True)
@@ -535,6 +537,8 @@ def _check(settings: Settings) -> None:
         problems.append("server.port must be between 1 and 65535")
     if settings.sweeper.interval_seconds <= 0 or settings.sweeper.batch < 1:
         problems.append("sweeper.interval_seconds must be positive and sweeper.batch at least 1")
+    if not 0 <= settings.sweeper.pause_seconds <= 60:
+        problems.append("sweeper.pause_seconds must be between 0 and 60")
     if settings.jobs.max_timeout_seconds < 1:
         problems.append("jobs.max_timeout_seconds must be at least 1")
     if settings.jobs.retry_after < 0:

@@ -102,6 +102,14 @@ def goals(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
             goal("1 MB bodies: submit p99 (ms)", m["p99_ms"], "<= 500", m["p99_ms"] <= 500)
             rss = m["api_peak_rss_mb"]
             goal("1 MB bodies: API peak RSS (MB)", rss, "<= 300", rss <= 300)
+    if (a := scenarios.get("at_scale")) and (r := a.get("ratios")):
+        for name in ("submit", "poll", "claim"):
+            ratio = r[f"{name}_per_second"]
+            goal(f"{name} at 1M rows / empty", ratio, ">= 0.90", ratio >= 0.9)
+    if (a := scenarios.get("at_scale")) and (w := a.get("sweep")):
+        goal("submit during sweep / without", 1 + w["slowdown"], ">= 0.85", w["slowdown"] > -0.15)
+        p99 = w["sweeping"]["p99_ms"]
+        goal("submit p99 during sweep (ms)", p99, "<= 100", p99 <= 100)
     return found
 
 
@@ -188,6 +196,29 @@ def table(results: dict[str, Any]) -> str:
                     f"{r['api_peak_rss_mb']:.0f} MB, "
                     f"{cpu.get('api', 0) / 1000:.1f}/{cpu.get('postgres', 0) / 1000:.1f} ms",
                 )
+    if a := s.get("at_scale"):
+        for size in ("small", "large"):
+            if f := a.get(size):
+                rows_text = "empty" if size == "small" else f"{a['rows']} rows"
+                add(
+                    f"at scale, {rows_text}: submit",
+                    f"{f['submit']['per_second']:.0f} /s",
+                    f["submit"],
+                )
+                add(f"at scale, {rows_text}: poll", f"{f['poll']['per_second']:.0f} /s", f["poll"])
+                claim = f["claim"]
+                add(f"at scale, {rows_text}: claim", f"{claim['per_second']:.0f} jobs/s", claim)
+        if w := a.get("sweep"):
+            add(
+                "sweep: submit, no sweeper",
+                f"{w['no_sweeper']['per_second']:.0f} /s",
+                w["no_sweeper"],
+            )
+            add(
+                f"sweep: submit while {w['swept']['deleted']} deleted",
+                f"{w['sweeping']['per_second']:.0f} /s",
+                w["sweeping"],
+            )
     head = ["scenario", "figure", "p50 ms", "p99 ms", "cores: loadgen/server/pg/other"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]

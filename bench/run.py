@@ -1,12 +1,13 @@
 """Run every benchmark scenario in one go and report the figures against the goals.
 
-    .venv/bin/python -m bench.run [--quick] [--database-url URL] [--out bench/results]
+    .venv/bin/python -m bench.run [--quick] [--at-scale] [--database-url URL] [--out bench/results]
 
 Everything is started here and stopped on the way out, whatever happens: PostgreSQL (embedded
 in a temporary directory unless ``--database-url`` names a server whose user may create
 databases; a fresh database is created, migrated and dropped), the fake upstream, the gateway
 processes (``asyncgate serve|api|worker``), the baseline app, and the load generator, which
 runs in this process. All traffic stays on 127.0.0.1. See bench/README.md for the scenarios.
+``--at-scale`` runs the at-scale scenario (bench/scale.py) instead of the others.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from bench.children import Processes, child_environment
 from bench.drain import run_drain
 from bench.machine import machine_info
 from bench.report import NOTES, goals, say, table
+from bench.scale import AtScale
 from bench.scenarios import Bench, Plan
 from tests.launch import ROOT, migrated_database
 
@@ -94,6 +96,17 @@ def main(argv: list[str] | None = None) -> int:
         help="backlog of the drain scenario, run beside ten times as many completed jobs "
         "(quick: a fifth of it)",
     )
+    parser.add_argument(
+        "--at-scale",
+        action="store_true",
+        help="only the at-scale scenario: a million rows filled, then swept (several minutes)",
+    )
+    parser.add_argument(
+        "--sweeper",
+        default="{}",
+        help="[sweeper] settings of the at-scale sweep, as JSON (default: the gateway's)",
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the at-scale table")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     out: Path = args.out
@@ -120,13 +133,21 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 with database(args.database_url, work) as url:
                     bench = Bench(plan, procs, work, url, results)
+                    job = (
+                        AtScale(bench, json.loads(args.sweeper), args.rows).run()
+                        if args.at_scale
+                        else None
+                    )
                     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                        runner.run(bench.run())
-                        drain_jobs = args.drain_jobs // 5 if plan.quick else args.drain_jobs
-                        runner.run(run_drain(bench, drain_jobs, 10 * drain_jobs))
-                        results["scenarios"]["bodies"] = runner.run(
-                            bodies.measure(plan.quick, url, work, procs)
-                        )
+                        if job is not None:
+                            runner.run(job)
+                        else:
+                            runner.run(bench.run())
+                            drain_jobs = args.drain_jobs // 5 if plan.quick else args.drain_jobs
+                            runner.run(run_drain(bench, drain_jobs, 10 * drain_jobs))
+                            results["scenarios"]["bodies"] = runner.run(
+                                bodies.measure(plan.quick, url, work, procs)
+                            )
             finally:
                 procs.close()
         results["complete"] = True

@@ -172,6 +172,8 @@ def test_secrets_never_show(tmp_path: Path) -> None:
         ("[limits]\nmax_upload_bytes = 0\n", {}, "limits.max_upload_bytes"),
         ("[limits]\nmax_files = -2\n", {}, "limits.max_files"),
         ("[sweeper]\nbatch = 0\n", {}, "sweeper.batch"),
+        ("[sweeper]\npause_seconds = -1\n", {}, "sweeper.pause_seconds"),
+        ("[sweeper]\npause_seconds = 61\n", {}, "sweeper.pause_seconds"),
         ("[providers.openai]\ntimeout = 5\n", {}, "openai"),
         ("[providers.x]\ntype = 'llama'\n", {}, "providers.x.type"),
         ("[providers.x]\ntype = 'local'\nbase_url = 'http://x'\n", {}, "takes no base_url"),

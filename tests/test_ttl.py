@@ -7,6 +7,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from asyncgate.config import SweeperConfig
 from asyncgate.models.jobs import JobStore
 from asyncgate.worker.sweeper import Sweeper
@@ -148,13 +150,38 @@ def test_sweeper_deletes_expired_jobs_and_their_files(database_url: str, sql: Sq
     assert with_store(database_url, sweep) == 0
 
 
+def test_sweeper_pauses_between_batches_only(
+    database_url: str, sql: Sql, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expired = _insert_jobs(sql, 25, expired=True, with_files=True)
+    alive = _insert_jobs(sql, 3, expired=False, with_files=False)
+    pause = 0.0123
+    left_at_pauses: list[int] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float, *args: Any) -> Any:
+        if delay == pause:
+            left_at_pauses.append(sql("SELECT count(*) FROM async_jobs")[0][0] - len(alive))
+        return await real_sleep(delay, *args)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+
+    async def sweep(store: JobStore) -> int:
+        return await Sweeper(store, SweeperConfig(batch=7, pause_seconds=pause)).sweep_once()
+
+    assert with_store(database_url, sweep) == len(expired)
+    # A pause after each full batch (25 = 7 + 7 + 7 + 4), none after the last.
+    assert left_at_pauses == [18, 11, 4]
+    assert {row[0] for row in sql("SELECT id::text FROM async_jobs")} == set(alive)
+
+
 def test_two_sweepers_at_once_delete_each_row_once(database_url: str, sql: Sql) -> None:
     expired = _insert_jobs(sql, 2000, expired=True, with_files=False)
     _insert_jobs(sql, 300, expired=True, with_files=True)
     alive = _insert_jobs(sql, 40, expired=False, with_files=True)
 
     async def sweep_twice(store: JobStore) -> list[int]:
-        config = SweeperConfig(batch=50)
+        config = SweeperConfig(batch=50, pause_seconds=0.0)
         return list(
             await asyncio.gather(
                 Sweeper(store, config).sweep_once(), Sweeper(store, config).sweep_once()

@@ -42,13 +42,16 @@ class Sweeper:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def sweep_once(self) -> int:
-        """Delete every job expired by now, batch by batch; returns how many were deleted."""
+        """Delete every job expired by now, batch by batch, ``pause_seconds`` apart; returns
+        how many were deleted."""
         total = 0
         while True:
             deleted = await self.store.sweep(self.config.batch)
             total += deleted
             if deleted < self.config.batch:
                 return total
+            if self.config.pause_seconds > 0:
+                await asyncio.sleep(self.config.pause_seconds)
 
     async def sweep_deliveries_once(self) -> int:
         """Delete every webhook delivery past retention, batch by batch; returns how many."""
