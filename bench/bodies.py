@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import psycopg
 
 from bench.children import Processes, gateway_config
 from bench.loadgen import CHAT_PATH, Call, chat_request, client_session, closed_loop
-from bench.machine import CpuMeter
+from bench.machine import CpuMeter, watch_postgres
 from bench.report import say
 from tests.launch import ROOT, free_port
 
@@ -76,17 +75,6 @@ async def _truncate(database_url: str) -> None:
             await conn.execute("CHECKPOINT")
 
 
-async def _set_postmaster(database_url: str) -> None:
-    """Count PostgreSQL's backends in :class:`CpuMeter` when the server runs on this host."""
-    if CpuMeter.postmaster is not None:
-        return
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
-    assert row is not None
-    with contextlib.suppress(psutil.Error):
-        CpuMeter.postmaster = psutil.Process(psutil.Process(row[0]).ppid())
-
-
 async def _one_size(
     label: str, size: int, url: str, proc: subprocess.Popen[bytes], seconds: float
 ) -> dict[str, Any]:
@@ -122,7 +110,7 @@ async def measure(
 ) -> dict[str, Any]:
     """Each body size for a few seconds (quick: 2 s) against a fresh ``api`` process, the
     job table emptied before each; returns the figures by size key."""
-    await _set_postmaster(database_url)
+    await watch_postgres(database_url)
     port = free_port()
     config = gateway_config(
         work / f"{name}.toml",
@@ -147,7 +135,7 @@ async def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.run import run_scenario
+    from bench.harness import run_alone
 
     parser = argparse.ArgumentParser(prog="python -m bench.bodies", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="2 s per size instead of 5 s")
@@ -158,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     async def scenario(url: str, work: Path, procs: Processes) -> dict[str, Any]:
         return await measure(args.quick, url, work, procs)
 
-    figures = run_scenario("asyncgate-bodies-", args.database_url, args.out, scenario)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bodies.json").write_text(json.dumps(figures, indent=2) + "\n")
+    run_alone("bodies", args.database_url, args.out, scenario)
     return 0
 
 

@@ -24,9 +24,9 @@ import aiohttp
 
 from asyncgate.worker.upstream import JOB_ID_HEADER
 from bench.children import Processes, gateway_config, wait_until
+from bench.harness import run_scenario
 from bench.loadgen import CHAT_PATH, latency_summary
 from bench.report import say
-from bench.run import run_scenario
 from tests.launch import ROOT, free_port
 
 GOAL_ABORT_MS = 1000.0

@@ -243,7 +243,7 @@ async def run_drain(bench: Bench, jobs: int, completed: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     from asyncgate.models import migrate
-    from bench.run import run_scenario
+    from bench.harness import run_scenario
 
     parser = argparse.ArgumentParser(prog="python -m bench.drain", description=__doc__)
     parser.add_argument("--jobs", type=int, default=100_000, help="backlog size")

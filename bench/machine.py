@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg
 
 
 def machine_info() -> dict[str, Any]:
@@ -123,3 +124,14 @@ class CpuMeter:
 
     def text(self) -> str:
         return "cores: " + ", ".join(f"{k} {v:.2f}" for k, v in self.figures.items())
+
+
+async def watch_postgres(database_url: str) -> None:
+    """Have :class:`CpuMeter` count PostgreSQL's backends, when the server runs on this host."""
+    if CpuMeter.postmaster is not None:
+        return
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
+    assert row is not None
+    with contextlib.suppress(psutil.Error):
+        CpuMeter.postmaster = psutil.Process(psutil.Process(row[0]).ppid())

@@ -14,67 +14,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import signal
 import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import uvloop
 
-from bench import bodies, chart
+from bench import bodies, chart, layouts
 from bench.children import Processes, child_environment
 from bench.drain import run_drain
+from bench.harness import database
 from bench.machine import machine_info
 from bench.report import NOTES, goals, say, table
 from bench.scale import AtScale
 from bench.scenarios import Bench, Plan
-from tests.launch import ROOT, migrated_database
-
-T = TypeVar("T")
-
-
-@contextlib.contextmanager
-def database(admin_url: str | None, work: Path) -> Iterator[str]:
-    """A fresh, migrated database on ``admin_url`` (or an embedded server); dropped afterwards."""
-    from asyncgate.embedded import EmbeddedPostgres
-
-    embedded = None
-    if admin_url is None:
-        say("starting embedded PostgreSQL")
-        embedded = EmbeddedPostgres(work / "pgdata")
-        admin_url = embedded.start()
-    try:
-        with migrated_database(admin_url, f"asyncgate_bench_{uuid.uuid4().hex[:10]}") as url:
-            yield url
-    finally:
-        if embedded is not None:
-            embedded.stop()
-
-
-def run_scenario(
-    prefix: str,
-    admin_url: str | None,
-    out: Path,
-    scenario: Callable[[str, Path, Processes], Awaitable[T]],
-) -> T:
-    """``scenario(url, work, procs)`` on uvloop with a fresh database and a scratch directory;
-    the processes it starts log to ``out/logs`` and are all stopped afterwards."""
-    log_dir = out / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        work = Path(tmp)
-        procs = Processes(log_dir, child_environment())
-        try:
-            with database(admin_url, work) as url:
-                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                    return runner.run(scenario(url, work, procs))
-        finally:
-            procs.close()
+from tests.launch import ROOT
 
 
 def _terminate(signum: int, _frame: object) -> None:
@@ -148,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                             results["scenarios"]["bodies"] = runner.run(
                                 bodies.measure(plan.quick, url, work, procs)
                             )
+                            seconds = 5.0 if plan.quick else 10.0
+                            if found := runner.run(layouts.measure(bench, seconds)):
+                                results["scenarios"]["layouts"] = found
             finally:
                 procs.close()
         results["complete"] = True

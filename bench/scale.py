@@ -136,7 +136,13 @@ class AtScale:
         assert bench.db is not None
         await bench.db.execute(CLEAN)
         await bench.db.execute(FILL_PENDING, {"request": self.request, "rows": self.claim_jobs})
-        params = {"owner": "bench-claim", "lease": 30.0, "max_pending": 86400.0, "limit": 100}
+        params = {
+            "owner": "bench-claim",
+            "lease": 30.0,
+            "max_pending": 86400.0,
+            "limit": 100,
+            "since": None,
+        }
         say(f"{label}: claim {self.claim_jobs} pending jobs, 100 at a time")
         stats = RunStats()
         async with await psycopg.AsyncConnection.connect(

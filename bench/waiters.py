@@ -30,9 +30,9 @@ import psycopg
 
 from asyncgate.models.jobs import DONE_CHANNEL
 from bench.children import Processes, gateway_config
+from bench.harness import run_scenario
 from bench.loadgen import CHAT_PATH, latency_summary
 from bench.report import say
-from bench.run import run_scenario
 from tests.launch import ROOT, free_port
 
 GOALS = {"p50_ms": 5.0, "p99_ms": 50.0, "rss_growth_mb": 100.0, "extra_connections": 0}

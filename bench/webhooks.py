@@ -32,9 +32,9 @@ import aiohttp
 import psycopg
 
 from bench.children import Processes, child_environment, gateway_config, wait_until
+from bench.harness import run_scenario
 from bench.loadgen import CHAT_PATH, chat_request, latency_summary
 from bench.report import say
-from bench.run import run_scenario
 from tests.launch import ROOT, free_port, gateway_argv
 from tests.receiver import Receiver
 
