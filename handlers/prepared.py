@@ -54,6 +54,10 @@ class _ParsedBodyFramework(StarletteFramework):
         return _ParsedBodyRequest(scope, receive, uri_parser=uri_parser)
 
 
+CONTENT_TYPES_KEPT = 8
+"""Body validators kept per operation, one per content type and encoding."""
+
+
 class _Validation(request_validation.RequestValidationOperation):
     """Connexion's request validation with its validators built once (per content type)."""
 
@@ -68,10 +72,24 @@ class _Validation(request_validation.RequestValidationOperation):
             security_query_params=self.security_query_params,
         )
 
-    @functools.cache  # noqa: B019 - one per operation, alive as long as the app
+    @functools.cached_property
+    def _bodies(self) -> dict[tuple[str, str], Any]:
+        return {}
+
     def _body(self, mime_type: str, encoding: str) -> Any:
         """The body validator for ``mime_type`` (None: nothing to check), or the 415 problem's
-        detail (a string) for a type the operation does not consume."""
+        detail (a string) for a type the operation does not consume. Kept for the first
+        :data:`CONTENT_TYPES_KEPT` content types (clients choose them; the rest are built
+        per request)."""
+        key = (mime_type, encoding)
+        found = self._bodies.get(key, self)
+        if found is self:
+            found = self._build_body(mime_type, encoding)
+            if len(self._bodies) < CONTENT_TYPES_KEPT:
+                self._bodies[key] = found
+        return found
+
+    def _build_body(self, mime_type: str, encoding: str) -> Any:
         try:
             self.validate_mime_type(mime_type)
         except UnsupportedMediaTypeProblem as problem:
