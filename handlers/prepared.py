@@ -82,12 +82,12 @@ class _Validation(request_validation.RequestValidationOperation):
         :data:`CONTENT_TYPES_KEPT` content types (clients choose them; the rest are built
         per request)."""
         key = (mime_type, encoding)
-        found = self._bodies.get(key, self)
-        if found is self:
-            found = self._build_body(mime_type, encoding)
-            if len(self._bodies) < CONTENT_TYPES_KEPT:
-                self._bodies[key] = found
-        return found
+        if key in self._bodies:
+            return self._bodies[key]
+        body = self._build_body(mime_type, encoding)
+        if len(self._bodies) < CONTENT_TYPES_KEPT:
+            self._bodies[key] = body
+        return body
 
     def _build_body(self, mime_type: str, encoding: str) -> Any:
         try:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import psycopg
 
+from asyncgate.config import DatabaseConfig
 from asyncgate.models.batching import Batcher
 from asyncgate.models.jobs import Committed, JobStore, NewJob
 
@@ -24,7 +25,7 @@ def group_committer(
     *,
     flushers: int = 3,
     max_batch: int = 256,
-    max_batch_bytes: int = 4 * 1024 * 1024,
+    max_batch_bytes: int = DatabaseConfig.group_commit_max_bytes,
     on_commit: Callable[[], None] | None = None,
 ) -> Batcher[NewJob, Committed]:
     """A batcher whose ``submit(job)`` returns the job's :class:`Committed` once it is committed

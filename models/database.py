@@ -68,18 +68,15 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 
 def dumps(value: object) -> str:
     """JSON text of ``value`` (orjson), as stored in jsonb columns."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        # orjson refuses integers wider than 64 bits, which JSON and jsonb allow.
-        return json.dumps(value)
+    return dumps_bytes(value).decode()
 
 
 def dumps_bytes(value: object) -> bytes:
-    """JSON text of ``value`` as UTF-8 bytes, as :func:`dumps` writes it (without decoding)."""
+    """JSON text of ``value`` as UTF-8 bytes (orjson), as :func:`dumps` writes it."""
     try:
         return orjson.dumps(value)
     except TypeError:
+        # orjson refuses integers wider than 64 bits, which JSON and jsonb allow.
         return json.dumps(value, ensure_ascii=False).encode()
 
 
