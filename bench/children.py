@@ -110,7 +110,8 @@ def gateway_config(
     extra: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """The configuration of a gateway process on ``port`` with one provider, ``fake``, and
-    the ``extra`` tables (``{"webhooks": {...}}``)."""
+    the ``extra`` tables (``{"webhooks": {...}}``; keys of a table given here too are added to
+    it or replace its own)."""
     tables: dict[str, dict[str, Any]] = {
         "server": {"host": "127.0.0.1", "port": port},
         "database": {"url": database_url, "pool_size": 10},
@@ -122,8 +123,9 @@ def gateway_config(
             "timeout": 30.0,
             "max_concurrency": provider_concurrency,
         },
-        **(extra or {}),
     }
+    for name, keys in (extra or {}).items():
+        tables[name] = {**tables.get(name, {}), **keys}
     return launch.write_config(path, {"log_level": "WARNING"}, tables)
 
 

@@ -234,11 +234,8 @@ class Drain:
 
 async def run_drain(bench: Bench, jobs: int, completed: int) -> dict[str, Any]:
     """The scenario with a connection of its own on ``bench`` (whose own has closed)."""
-    bench.db = await psycopg.AsyncConnection.connect(bench.database_url, autocommit=True)
-    try:
+    async with bench.connection():
         return await Drain(bench, jobs, completed, ordered_ids=True).run()
-    finally:
-        await bench.db.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg
 
-from bench.children import Processes, gateway_config
+from bench.children import Processes
 from bench.loadgen import CHAT_PATH, chat_request
-from bench.machine import CpuMeter, watch_postgres
+from bench.machine import CpuMeter
 from bench.report import say
-from bench.scenarios import per_job_text
+from bench.scenarios import Bench, Plan, per_job_text
 from tests.launch import free_port
 
 CONNECTIONS = 64
@@ -57,47 +56,20 @@ def wrk_available() -> bool:
 
 
 class Layouts:
-    """The layouts one after the other, on one database and one fake upstream."""
+    """The layouts one after the other, on the bench's database and zero-latency upstream."""
 
-    def __init__(
-        self, procs: Processes, work: Path, database_url: str, upstream_url: str, seconds: float
-    ) -> None:
-        self.procs = procs
-        self.work = work
-        self.database_url = database_url
-        self.upstream_url = upstream_url
+    def __init__(self, bench: Bench, seconds: float) -> None:
+        self.bench = bench
         self.seconds = seconds
-        body = work / "layouts-body.json"
+        body = bench.work / "layouts-body.json"
         body.write_bytes(orjson.dumps(chat_request()))
-        self.post = work / "layouts-post.lua"
+        self.post = bench.work / "layouts-post.lua"
         self.post.write_text(
             _LUA.format(
                 method="POST",
                 body=f'local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()',
             )
         )
-
-    async def _sql(self, statement: str) -> list[tuple[Any, ...]]:
-        async with await psycopg.AsyncConnection.connect(
-            self.database_url, autocommit=True
-        ) as conn:
-            cur = await conn.execute(statement)
-            return await cur.fetchall() if cur.description else []
-
-    async def _start(self, name: str, command: str, server: dict[str, Any]) -> tuple[str, Any]:
-        port = free_port()
-        path = gateway_config(
-            self.work / f"layout-{name}.toml",
-            port=port,
-            database_url=self.database_url,
-            upstream_url=self.upstream_url + "/v1",
-            extra={"server": {"host": "127.0.0.1", "port": port, **server}},
-        )
-        proc = self.procs.start_gateway(f"layout-{name}", path, command)
-        url = f"http://127.0.0.1:{port}"
-        await self.procs.wait_http(url, proc)
-        await asyncio.sleep(3.0 if command == "serve" else 0.5)  # every process is up
-        return url, proc
 
     async def _wrk(self, url: str, lua: Path | None, seconds: float) -> dict[str, Any]:
         args = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--latency", url]
@@ -128,24 +100,19 @@ class Layouts:
             "socket_errors": errors.group(1) if errors else "",
         }
 
-    async def _completed(self) -> int:
-        rows = await self._sql("SELECT count(*) FROM async_jobs WHERE status = 'completed'")
-        return int(rows[0][0])
-
     async def submit(self, name: str, url: str, proc: Any, end_to_end: bool) -> dict[str, Any]:
-        await self._wrk(url + CHAT_PATH, self.post, 2.0)  # warm-up
-        while end_to_end and await self._pending():
-            await asyncio.sleep(0.1)
-        if proc is not None and name != "baseline":
-            await self._sql("TRUNCATE async_jobs CASCADE")
+        bench = self.bench
+        before = await bench.counts()
+        warm = await self._wrk(url + CHAT_PATH, self.post, 2.0)
+        if end_to_end:
+            await bench.drain(warm["ok"], before, 120)
+        await bench.reset_jobs()
         say(f"layouts: {name}, wrk {CONNECTIONS} connections for {self.seconds:g}s")
         with CpuMeter(proc) as cpu:
             started = time.perf_counter()
             result = await self._wrk(url + CHAT_PATH, self.post, self.seconds)
             if end_to_end:
-                while await self._completed() < result["ok"]:
-                    await asyncio.sleep(0.02)
-                elapsed = time.perf_counter() - started
+                elapsed = await bench.drain(result["ok"], (0, 0), 120) - started
                 result["jobs_per_second"] = result["ok"] / elapsed
                 result["seconds_to_complete"] = round(elapsed, 3)
         result["cpu"] = cpu.figures
@@ -156,10 +123,6 @@ class Layouts:
             f"p99 {result['p99_ms']:.1f} ms; {per_job_text(result['cpu_us'])}"
         )
         return result
-
-    async def _pending(self) -> bool:
-        rows = await self._sql("SELECT count(*) FROM async_jobs WHERE status <> 'completed'")
-        return int(rows[0][0]) > 0
 
     async def poll(self, name: str, url: str, proc: Any, job_id: str) -> dict[str, Any]:
         target = f"{url}{CHAT_PATH}/{job_id}"
@@ -175,27 +138,30 @@ class Layouts:
         return result
 
     async def run(self, baseline_url: str, baseline: Any) -> dict[str, Any]:
+        bench = self.bench
         out: dict[str, Any] = {"connections": CONNECTIONS, "seconds": self.seconds}
-        api_url = ""
-        api_proc = None
+        out["baseline"] = await self.submit("baseline", baseline_url, baseline, False)
+        api: tuple[str, Any] | None = None
         for name, (command, server) in LAYOUTS.items():
-            url, proc = await self._start(name, command, server)
+            url, proc = await bench.start_gateway(
+                f"layout-{name}", command, bench.upstream_url, extra={"server": server}
+            )
             out[name] = await self.submit(name, url, proc, end_to_end=command == "serve")
             if name == "api":
-                api_url, api_proc = url, proc
+                api = url, proc
             else:
-                self.procs.stop(proc)
-        rows = await self._sql("SELECT id FROM async_jobs WHERE status = 'completed' LIMIT 1")
+                bench.procs.stop(proc)
+        assert api is not None
+        rows = await bench.sql("SELECT id FROM async_jobs WHERE status = 'completed' LIMIT 1")
         job_id = str(rows[0][0])
-        out["baseline"] = await self.submit("baseline", baseline_url, baseline, False)
-        out["poll_api"] = await self.poll("api", api_url, api_proc, job_id)
+        out["poll_api"] = await self.poll("api", *api, job_id)
         out["poll_baseline"] = await self.poll("baseline", baseline_url, baseline, job_id)
-        self.procs.stop(api_proc)
+        bench.procs.stop(api[1])
         return out
 
 
-async def measure(bench: Any, seconds: float) -> dict[str, Any] | None:
-    """The scenario inside ``bench.run`` (``bench`` is its :class:`bench.scenarios.Bench`)."""
+async def measure(bench: Bench, seconds: float) -> dict[str, Any] | None:
+    """The scenario on ``bench`` after its :meth:`Bench.run` (its upstream still runs)."""
     if not wrk_available():
         say("layouts: skipped (wrk is not installed: apt-get install wrk)")
         return None
@@ -203,14 +169,11 @@ async def measure(bench: Any, seconds: float) -> dict[str, Any] | None:
     baseline = bench.procs.start("layout-baseline", "-m", "bench.baseline", "--port", str(port))
     baseline_url = f"http://127.0.0.1:{port}"
     await bench.procs.wait_http(baseline_url, baseline)
-    upstream, upstream_proc = bench.procs.start_upstream(
-        "layout-upstream", bench.work / "layout-upstream.port", 0.0
-    )
     try:
-        layouts = Layouts(bench.procs, bench.work, bench.database_url, upstream, seconds)
-        return await layouts.run(baseline_url, baseline)
+        async with bench.connection():
+            return await Layouts(bench, seconds).run(baseline_url, baseline)
     finally:
-        bench.procs.stop(baseline, upstream_proc)
+        bench.procs.stop(baseline)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,12 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     from bench.harness import run_alone
-    from bench.scenarios import Bench, Plan
 
     async def scenario(url: str, work: Path, procs: Processes) -> dict[str, Any] | None:
-        await watch_postgres(url)
         bench = Bench(Plan.make(False, 1000), procs, work, url, {"machine": {}})
-        return await measure(bench, args.seconds)
+        await bench.open()
+        assert bench.db is not None
+        try:
+            return await measure(bench, args.seconds)
+        finally:
+            await bench.db.close()
 
     run_alone("layouts", args.database_url, args.out, scenario)
     return 0

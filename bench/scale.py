@@ -24,7 +24,6 @@ import uuid
 from typing import Any
 
 import orjson
-import psutil
 import psycopg
 
 from bench.loadgen import CHAT_PATH, Call, RunStats, chat_request, client_session, closed_loop
@@ -233,16 +232,9 @@ class AtScale:
 
     async def run(self) -> None:
         bench = self.bench
-        bench.db = await psycopg.AsyncConnection.connect(bench.database_url, autocommit=True)
+        await bench.open()
+        assert bench.db is not None
         try:
-            rows = await bench.sql("SELECT version()")
-            bench.results["machine"]["postgresql"] = rows[0][0]
-            bench.upstream_url, bench._upstream = bench.procs.start_upstream(
-                "upstream", bench.work / "upstream.port", 0.0
-            )
-            with contextlib.suppress(psutil.Error):
-                rows = await bench.sql("SELECT pg_backend_pid()")
-                CpuMeter.postmaster = psutil.Process(psutil.Process(rows[0][0]).ppid())
             await bench.reset_jobs()
             await bench.db.execute(
                 FILL_POLLED, {"id": self.polled, "request": self.request, "result": self.result}

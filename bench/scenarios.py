@@ -14,6 +14,7 @@ import heapq
 import math
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from bench.loadgen import (
     open_loop,
     raw_inserts,
 )
-from bench.machine import CpuMeter
+from bench.machine import CpuMeter, watch_postgres
 from bench.report import say
 from tests.launch import free_port
 
@@ -130,14 +131,22 @@ class Bench:
         await wait_until(listening, 60, "the worker to listen")
 
     async def start_gateway(
-        self, name: str, mode: str, upstream: str, **config: int
+        self,
+        name: str,
+        mode: str,
+        upstream: str,
+        extra: dict[str, dict[str, Any]] | None = None,
+        **config: int,
     ) -> tuple[str, subprocess.Popen[bytes]]:
+        """A gateway process in ``mode``, once it answers HTTP and (but for ``api``) its
+        worker listens; ``extra`` and ``config`` go to :func:`gateway_config`."""
         port = free_port()
         path = gateway_config(
             self.work / f"{name}.toml",
             port=port,
             database_url=self.database_url,
             upstream_url=upstream + "/v1",
+            extra=extra,
             **config,
         )
         since = (await self.sql("SELECT clock_timestamp()"))[0][0]
@@ -451,17 +460,34 @@ class Bench:
         )
         say(f"    {cpu.text()}; {per_job_text(cpu.per_job_us(stats.ok))}")
 
-    async def run(self) -> None:
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """The bench's database connection for a block; opened for it if closed (:meth:`run`
+        closes its own, and scenarios run after it need one)."""
+        if self.db is not None and not self.db.closed:
+            yield self.db
+            return
         self.db = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
         try:
-            rows = await self.sql("SELECT version()")
-            self.results["machine"]["postgresql"] = rows[0][0]
-            self.upstream_url, self._upstream = self.procs.start_upstream(
-                "upstream", self.work / "upstream.port", 0.0
-            )
-            with contextlib.suppress(psutil.Error):
-                rows = await self.sql("SELECT pg_backend_pid()")
-                CpuMeter.postmaster = psutil.Process(psutil.Process(rows[0][0]).ppid())
+            yield self.db
+        finally:
+            await self.db.close()
+
+    async def open(self) -> None:
+        """The run's database connection, its PostgreSQL's version and CPU meter, and the
+        zero-latency upstream; :meth:`run` and other scenarios on this bench start here."""
+        self.db = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
+        rows = await self.sql("SELECT version()")
+        self.results["machine"]["postgresql"] = rows[0][0]
+        self.upstream_url, self._upstream = self.procs.start_upstream(
+            "upstream", self.work / "upstream.port", 0.0
+        )
+        await watch_postgres(self.database_url)
+
+    async def run(self) -> None:
+        await self.open()
+        assert self.db is not None
+        try:
             port = free_port()
             baseline = self.procs.start("baseline", "-m", "bench.baseline", "--port", str(port))
             self._baseline = baseline
