@@ -147,6 +147,27 @@ def test_concurrent_upgrades_are_serialised(empty_database: str) -> None:
     assert OUR_TABLES <= relations(empty_database)
 
 
+def test_the_head_read_from_the_scripts_is_alembics(empty_database: str) -> None:
+    assert migrate.head_revision() == head()
+    assert migrate.current_revision(empty_database) is None
+    migrate.upgrade(empty_database, "0002")
+    assert migrate.current_revision(empty_database) == "0002"
+
+
+def test_a_database_at_the_head_is_not_migrated_again(empty_database: str) -> None:
+    migrate.upgrade(empty_database)
+    # A process holding the migration lock would block a migration: an up-to-date database
+    # must be recognised without taking it.
+    with psycopg.connect(empty_database, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (migrate._LOCK_ID,))
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (migrate.upgrade(empty_database), done.set()))
+        thread.start()
+        thread.join(10)
+        assert done.is_set()
+        holder.execute("SELECT pg_advisory_unlock(%s)", (migrate._LOCK_ID,))
+
+
 def test_schema_matches_the_table_definitions(database_url: str) -> None:
     engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(database_url))
     try:
