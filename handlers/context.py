@@ -12,6 +12,7 @@ from connexion.context import receive, scope
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope
 
+from asyncgate.handlers.prepared import JSON_TEXT
 from asyncgate.services import Services
 
 
@@ -23,6 +24,12 @@ def current_scope() -> Scope:
 def services() -> Services:
     """The services the app's lifespan created (see :mod:`asyncgate.app`)."""
     return cast(Services, current_scope()["state"]["services"])
+
+
+def json_text() -> bytes | None:
+    """The JSON body of the request being handled as it was received and validated; None when
+    it had none (or a form)."""
+    return cast("bytes | None", current_scope().get(JSON_TEXT))
 
 
 def headers() -> Headers:

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from asyncgate.errors import JOB_NOT_FOUND, BadRequest, NotFound
 from asyncgate.handlers import render
 from asyncgate.handlers.auth import resolve_owner
-from asyncgate.handlers.context import current_receive, headers, services
+from asyncgate.handlers.context import current_receive, headers, json_text, services
 from asyncgate.handlers.jobs import waited
 from asyncgate.handlers.submission import (
     submit_job,
@@ -64,7 +64,13 @@ def header_handler(kind: Kind, operation: str) -> Handler:
             )
         owner = await resolve_owner(svc, request_headers, BadRequest("invalid virtual key"))
         committed = await submit_job(
-            svc, kind, body, [], owner_key_id=owner, headers=request_headers
+            svc,
+            kind,
+            body,
+            [],
+            owner_key_id=owner,
+            headers=request_headers,
+            body_text=json_text(),
         )
         if request_headers.get(ASYNC_HEADER):
             return render.json_response(_pending(kind, committed.id, JobStatus.PENDING), 200)

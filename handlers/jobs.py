@@ -22,7 +22,13 @@ from starlette.types import Receive
 from asyncgate.errors import JOB_NOT_FOUND, BadRequest, Conflict, NotFound, cancelled_error
 from asyncgate.handlers import render
 from asyncgate.handlers.auth import resolve_owner
-from asyncgate.handlers.context import current_receive, disconnected, headers, services
+from asyncgate.handlers.context import (
+    current_receive,
+    disconnected,
+    headers,
+    json_text,
+    services,
+)
 from asyncgate.handlers.hold import defer
 from asyncgate.handlers.prefer import APPLIED_HEADER, PREFER_HEADER, applied_wait
 from asyncgate.handlers.submission import (
@@ -52,7 +58,13 @@ def submit_handler(kind: Kind) -> Handler:
         finally:
             await close_uploads(uploads)
         committed = await submit_job(
-            svc, kind, body, files, owner_key_id=owner, headers=request_headers
+            svc,
+            kind,
+            body,
+            files,
+            owner_key_id=owner,
+            headers=request_headers,
+            body_text=json_text(),
         )
         wait = _wait(svc, request_headers)
         if wait is None:

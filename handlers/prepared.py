@@ -36,6 +36,9 @@ from starlette.types import Receive, Scope, Send
 
 PARSED_JSON = "asyncgate.parsed_json"
 """Scope key of the validated JSON body (absent when no JSON body was validated)."""
+JSON_TEXT = "asyncgate.json_text"
+"""Scope key of that body's bytes as received: stored as the job's request, they need no
+second encoding (PostgreSQL's jsonb reads them as the parser did)."""
 
 
 class _ParsedBodyRequest(ConnexionRequest):

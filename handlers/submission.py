@@ -123,6 +123,7 @@ async def submit_job(
     *,
     owner_key_id: int | None,
     headers: Mapping[str, str],
+    body_text: bytes | None = None,
 ) -> Committed:
     """Build the job for an accepted request (see :func:`build_job`), commit it, and count
     and log it unless it replays an earlier job of the same Idempotency-Key."""
@@ -134,6 +135,7 @@ async def submit_job(
         headers=headers,
         jobs=svc.settings.jobs,
         providers=svc.settings.providers,
+        body_text=body_text,
     )
     job.webhook_endpoint_id = await resolve_webhook(svc, headers, owner_key_id)
     committed = await svc.committer.submit(job)
@@ -204,10 +206,12 @@ def build_job(
     headers: Mapping[str, str],
     jobs: JobsConfig,
     providers: Mapping[str, ProviderConfig],
+    body_text: bytes | None = None,
 ) -> NewJob:
     """The job for an accepted request, or BadRequest for what the spec cannot refuse.
 
-    ``headers`` give its TTL, deadline, Idempotency-Key and trace context."""
+    ``headers`` give its TTL, deadline, Idempotency-Key and trace context; ``body_text``,
+    when given, is ``body`` as the JSON it was parsed from, stored as it is."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     reject_streaming(kind, body)
@@ -229,6 +233,7 @@ def build_job(
         provider=provider,
         model=str(body["model"]),
         request=body,
+        request_json=body_text,
         ttl_seconds=parse_ttl(headers.get(TTL_HEADER), jobs),
         files=files,
         idempotency_key=idempotency_key,

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -32,17 +31,35 @@ from connexion.validators import (
     ParameterValidator,
 )
 from jsonschema import Draft4Validator, ValidationError
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, Headers
 from starlette.formparsers import MultiPartParser
-from starlette.types import Scope
+from starlette.types import Receive, Scope
 
 from asyncgate.errors import BadRequest
-from asyncgate.handlers.prepared import PARSED_JSON
+from asyncgate.handlers.prepared import JSON_TEXT, PARSED_JSON
 from asyncgate.handlers.problems import describe
 from asyncgate.handlers.submission import TIMEOUT_HEADER, TTL_HEADER
 
-_LONG_NUMBER = re.compile(rb"\d{19}")
-"""Nineteen digits in a row: perhaps an integer beyond 64 bits (or just a long string)."""
+_WIDEST_EXACT = 2**63
+"""orjson keeps integers from -2**63 to 2**64 - 1 exact and reads wider ones as floats."""
+
+
+def _holds_wide_number(value: Any) -> bool:
+    """Whether ``value`` (as orjson parsed it) holds a float that may be an integer orjson could
+    not keep: integral and at least 2**63 in magnitude. It looks at each value once, and at no
+    text: scanning a megabyte of body for long runs of digits took longer than parsing it."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif type(item) is float and abs(item) >= _WIDEST_EXACT and item.is_integer():
+            return True
+    return False
+
+
 _HEADER_VALIDATORS: dict[int, tuple[dict[str, Any], Draft4Validator]] = {}
 
 
@@ -158,19 +175,44 @@ def cached_json_validator() -> type[JSONRequestBodyValidator]:
                 _check(validator, body)
             return body
 
+        async def wrap_receive(self, receive: Receive, *, scope: Scope) -> Any:
+            if not int(Headers(scope=scope).get("content-length", 0)):
+                return await super().wrap_receive(receive, scope=scope)
+            chunks = []
+            more = True
+            while more:
+                message = await receive()
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+            del chunks
+            self._validate(self._decode(body, scope))
+            # The body goes on as one message: the chunks it came in are freed now, not when
+            # the request ends, and the bytes are those the job stores.
+            replay = iter(({"type": "http.request", "body": body, "more_body": False},))
+
+            async def replayed() -> Any:
+                return next(replay, None) or await receive()
+
+            return replayed, scope
+
         async def _parse(self, stream: AsyncGenerator[bytes, None], scope: Scope) -> Any:
-            body = b"".join([chunk async for chunk in stream])
+            return self._decode(b"".join([chunk async for chunk in stream]), scope)
+
+        @staticmethod
+        def _decode(body: bytes, scope: Scope) -> Any:
             if not body:
                 return None
             try:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError as exc:
                 raise BadRequestProblem(detail=f"malformed JSON body: {exc}") from None
-            if _LONG_NUMBER.search(body):
-                # orjson reads integers wider than 64 bits as floats; the standard library
-                # keeps them exact (the body is known to be valid JSON by now).
+            if _holds_wide_number(parsed):
+                # The standard library keeps integers of any width exact (the body is known
+                # to be valid JSON by now).
                 parsed = json.loads(body)
             scope[PARSED_JSON] = parsed  # the handler's body (asyncgate.handlers.prepared)
+            scope[JSON_TEXT] = body
             return parsed
 
     return CachedJSONRequestBodyValidator

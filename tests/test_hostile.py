@@ -331,6 +331,21 @@ def test_integer_wider_than_64_bits_is_stored_exactly(shared: Shared) -> None:
         assert row.fetchone() == (digits,)
 
 
+def test_the_request_is_stored_as_the_json_the_client_sent(shared: Shared) -> None:
+    """The body is not re-encoded on its way to the job table: a decimal a double cannot hold
+    keeps every digit."""
+    exact = "0.1000000000000000000001"
+    response = shared.gateway.submit(
+        CHAT, data=raw_chat(b'"x_exact": ' + exact.encode()), headers=JSON_HEADERS
+    )
+    assert response.status_code == 202, response.text
+    with psycopg.connect(shared.database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT request->>'x_exact' FROM async_jobs WHERE id = %s", (response.json()["id"],)
+        )
+        assert row.fetchone() == (exact,)
+
+
 def test_form_field_the_upstream_request_cannot_carry_fails_the_job_at_once(
     shared: Shared,
 ) -> None:

@@ -32,8 +32,12 @@ def test_handlers_get_the_parsed_body_and_integers_beyond_64_bits_stay_exact() -
     with TestClient(app_answering_with_its_body()) as client:
         plain = client.post(CHAT, json=BODY)
         wide = client.post(CHAT, json={**BODY, "seed": 2**70 + 1})
+        nested = client.post(CHAT, json={**BODY, "metadata": {"n": [1.5, -(2**63) - 1]}})
+        huge_float = client.post(CHAT, json={**BODY, "temperature": 1.5e300})
     assert plain.status_code == 202 and plain.text == repr(BODY)
     assert wide.status_code == 202 and str(2**70 + 1) in wide.text
+    assert nested.status_code == 202 and str(-(2**63) - 1) in nested.text
+    assert huge_float.status_code == 400  # still a float, and out of the spec's range
 
 
 def test_body_validators_kept_per_operation_are_bounded() -> None:
