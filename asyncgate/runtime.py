@@ -34,14 +34,18 @@ from asyncgate.worker.webhooks import Deliverer, Sender, client_session
 
 
 @contextlib.asynccontextmanager
-async def open_database(settings: Settings, url: str) -> AsyncIterator[Database]:
-    """The pool on ``url``; session work goes to ``database.listen_url`` when that is set."""
+async def open_database(
+    settings: Settings, url: str, *, generic_plans: bool = False
+) -> AsyncIterator[Database]:
+    """The pool on ``url``; session work goes to ``database.listen_url`` when that is set.
+    ``generic_plans``: see :class:`Database` (for a process that only runs a worker)."""
     listen_url = settings.database.listen_url
     db = Database(
         url,
         listen_url=listen_url.reveal() if listen_url is not None else None,
         pool_size=settings.database.pool_size,
         connect_timeout=settings.database.connect_timeout,
+        generic_plans=generic_plans,
     )
     await db.open()
     try:

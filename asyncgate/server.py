@@ -206,6 +206,7 @@ async def run_worker(settings: Settings, database_url: str, *, serve_metrics: bo
         log.info(
             "worker metrics on http://%s:%d/metrics", settings.metrics.host, settings.metrics.port
         )
-    async with open_database(settings, database_url) as db, worker_runtime(settings, db, metrics):
+    database = open_database(settings, database_url, generic_plans=True)
+    async with database as db, worker_runtime(settings, db, metrics):
         await stop.wait()
         log.info("stopping worker")

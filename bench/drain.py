@@ -7,8 +7,9 @@ The backlog (``jobs`` pending chat jobs, rows like the gateway's own) is written
 ``VACUUM ANALYZE``; one worker drains it against the zero-latency fake upstream. Measured: jobs/s
 until every job is terminal, CPU per job of the worker and of PostgreSQL, WAL bytes and HOT
 updates per job, then the claim on the empty queue right after the drain (the worker's own
-CLAIM, in a transaction rolled back). It runs twice: on an otherwise empty table and beside
-``completed`` terminal jobs (a table that has been in use), where the cost must be the same.
+CLAIM as its connections plan it, in a transaction rolled back). It runs twice: on an
+otherwise empty table and beside ``completed`` terminal jobs (a table that has been in use),
+where the cost must be the same.
 
 Standalone, ``--revision`` migrates the fresh database only that far (to compare a schema
 change with the one before it in one run); ``bench.run`` includes the scenario as ``drain``.
@@ -25,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
+from asyncgate.models.database import Database
 from asyncgate.models.jobs import CLAIM
 from asyncgate.worker.loop import CLAIM_SINCE_MARGIN_SECONDS
 from bench.children import Processes, wait_until
@@ -37,6 +40,31 @@ from tests.launch import ROOT
 
 PROBES = 200
 """Empty-queue claims measured right after each drain, spread over about two seconds."""
+
+# The worker's CLAIM as an SQL-level prepared statement, so that EXPLAIN ANALYZE EXECUTE shows
+# it as the worker's connections run it (planned once); EXPLAIN cannot run a statement the
+# driver prepared.
+_CLAIM_PARAMETERS = {
+    "owner": "text",
+    "lease": "float8",
+    "since": "timestamptz",
+    "max_pending": "float8",
+    "limit": "int",
+}
+CLAIM_PROBE = CLAIM
+for _number, _name in enumerate(_CLAIM_PARAMETERS, 1):
+    CLAIM_PROBE = CLAIM_PROBE.replace(f"%({_name})s", f"${_number}")
+CLAIM_PROBE_TYPES = f"({', '.join(_CLAIM_PARAMETERS.values())})"
+
+
+def claim_probe_explain(params: dict[str, Any]) -> sql.Composed:
+    """EXPLAIN ANALYZE of the prepared claim with ``params`` (as literals: a utility
+    statement takes no bound parameters)."""
+    arguments = sql.SQL(", ").join(sql.Literal(params[name]) for name in _CLAIM_PARAMETERS)
+    return sql.SQL("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) EXECUTE claim_probe({})").format(
+        arguments
+    )
+
 
 # Time-ordered ids as the gateway makes them (asyncgate.ids): 48 bits of Unix milliseconds,
 # then random bits, version 7 and the RFC 4122 variant.
@@ -164,7 +192,8 @@ class Drain:
         say(
             f"    empty claim right after: p50 {claims['p50_ms']:.3f} ms, "
             f"p99 {claims['p99_ms']:.3f} ms; in the server p50 {claims['server_p50_ms']:.3f} ms, "
-            f"p99 {claims['server_p99_ms']:.3f} ms; full claims in the server p50 "
+            f"p99 {claims['server_p99_ms']:.3f} ms (after an idle pause p50 "
+            f"{claims['idle_server_p50_ms']:.3f} ms); full claims in the server p50 "
             f"{claims['full_server_p50_ms']:.3f} ms, p99 {claims['full_server_p99_ms']:.3f} ms"
         )
         return result
@@ -188,45 +217,65 @@ class Drain:
         return {"updates": rows[0][0], "hot": rows[0][1], "mb": round(float(rows[0][2]), 1)}
 
     async def probe_claims(self) -> dict[str, float]:
-        """The worker's CLAIM on the now empty queue, ``PROBES`` times over about two seconds.
+        """The worker's CLAIM on the now empty queue, ``PROBES`` times over about two seconds,
+        planned as the worker's connections plan it (prepared, one generic plan).
 
         Bounded as the worker's claims are between its full ones (from the newest job it
         claimed, less its margin): as the client sees it (``p50_ms``, ``p99_ms``) and inside
-        the server (planning and execution, from ``EXPLAIN ANALYZE``: ``server_p50_ms``,
-        ``server_p99_ms``). A tenth of the probes are full claims, which the worker makes once
-        per poll interval (``full_server_p50_ms``, ``full_server_p99_ms``).
+        the server (planning and execution, from ``EXPLAIN ANALYZE EXECUTE``). Inside the
+        server each probe runs twice in a row: the second run is the claim's own cost
+        (``server_p50_ms``, ``server_p99_ms``), the first adds what a backend that slept
+        since its last statement pays on this machine (``idle_server_p50_ms``,
+        ``idle_server_p99_ms``; caches and a woken core, three to four times as long here). A
+        tenth of the probes are full claims, which the worker makes once per poll interval
+        (``full_server_p50_ms``, ``full_server_p99_ms``, run twice as well).
         """
         rows = await self.bench.sql("SELECT max(created_at) FROM async_jobs")
         since = rows[0][0] - timedelta(seconds=CLAIM_SINCE_MARGIN_SECONDS)
         bounded = {"owner": "drain-probe", "limit": 100, "lease": 30.0, "max_pending": 86400.0}
         bounded["since"] = since
-        explain = "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + CLAIM
         client: list[float] = []
         server: list[float] = []
+        idle: list[float] = []
         full: list[float] = []
-        async with await psycopg.AsyncConnection.connect(self.bench.database_url) as conn:
-            for i in range(PROBES):
-                if i % 2:
-                    params = {**bounded, "since": None} if i % 10 == 9 else bounded
-                    cur = await conn.execute(explain, params)
-                    plan = (await cur.fetchall())[0][0][0]
-                    took = (plan["Planning Time"] + plan["Execution Time"]) / 1000
-                    (full if params["since"] is None else server).append(took)
-                    claimed = plan["Plan"]["Actual Rows"]
-                else:
-                    start = time.perf_counter()
-                    cur = await conn.execute(CLAIM, bounded)
-                    claimed = len(await cur.fetchall())
-                    client.append(time.perf_counter() - start)
-                await conn.rollback()
-                if claimed:
-                    raise RuntimeError(f"the drained queue still had {claimed} jobs")
-                await asyncio.sleep(2.0 / PROBES)
-        inside, whole = latency_summary(server), latency_summary(full)
+        db = Database(self.bench.database_url, pool_size=1, generic_plans=True)
+        await db.open()
+        try:
+            async with db.connection() as conn:
+                await conn.execute(f"PREPARE claim_probe {CLAIM_PROBE_TYPES} AS {CLAIM_PROBE}")
+                for i in range(PROBES):
+                    if i % 2:
+                        params = {**bounded, "since": None} if i % 10 == 9 else bounded
+                        took = []
+                        for _ in range(2):
+                            cur = await conn.execute(claim_probe_explain(params))
+                            plan = (await cur.fetchall())[0][0][0]
+                            took.append((plan["Planning Time"] + plan["Execution Time"]) / 1000)
+                            claimed = plan["Plan"]["Actual Rows"]
+                        if params["since"] is None:
+                            full.append(took[1])
+                        else:
+                            idle.append(took[0])
+                            server.append(took[1])
+                    else:
+                        start = time.perf_counter()
+                        async with conn.transaction(force_rollback=True):
+                            cur = await conn.execute(CLAIM, bounded)
+                            claimed = len(await cur.fetchall())
+                        client.append(time.perf_counter() - start)
+                    if claimed:
+                        raise RuntimeError(f"the drained queue still had {claimed} jobs")
+                    await asyncio.sleep(2.0 / PROBES)
+                await conn.execute("DEALLOCATE claim_probe")
+        finally:
+            await db.close()
+        inside, woken, whole = (latency_summary(x) for x in (server, idle, full))
         return {
             **latency_summary(client),
             "server_p50_ms": inside["p50_ms"],
             "server_p99_ms": inside["p99_ms"],
+            "idle_server_p50_ms": woken["p50_ms"],
+            "idle_server_p99_ms": woken["p99_ms"],
             "full_server_p50_ms": whole["p50_ms"],
             "full_server_p99_ms": whole["p99_ms"],
         }

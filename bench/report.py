@@ -194,6 +194,7 @@ def table(results: dict[str, Any]) -> str:
                 claim = v["empty_claim"]
                 add(
                     f"  empty claim after, in the server ({_rows(v)})",
+                    f"idle {claim.get('idle_server_p50_ms', 0):.2f}, "
                     f"full {claim['full_server_p99_ms']:.2f} ms p99",
                     {"p50_ms": claim["server_p50_ms"], "p99_ms": claim["server_p99_ms"]},
                 )

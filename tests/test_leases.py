@@ -4,10 +4,12 @@ else's result is ever overwritten; exhausted jobs get a grace period before they
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+from asyncgate.models.database import Database
 from asyncgate.models.jobs import JobStore, Outcome
 from asyncgate.worker.loop import EXHAUSTED_ERROR, STALE_ERROR
 from tests.helpers import insert_job, with_store
@@ -126,3 +128,43 @@ def test_a_claim_of_a_job_its_owner_still_runs_is_not_counted(database_url: str,
 
     with_store(database_url, scenario)
     assert row(sql, job_id) == ("processing", "worker-a", True, 1, None)
+
+
+def test_a_worker_database_plans_each_statement_once(database_url: str) -> None:
+    """A worker's pool uses generic plans, a pooled one cannot keep any, the API's keeps
+    PostgreSQL's choice; the claim runs the same under a generic plan."""
+
+    async def plan_modes() -> dict[str, str]:
+        modes = {}
+        for name, db in {
+            "worker": Database(database_url, pool_size=1, generic_plans=True),
+            "pooled worker": Database(
+                database_url, listen_url=database_url, pool_size=1, generic_plans=True
+            ),
+            "api": Database(database_url, pool_size=1),
+        }.items():
+            await db.open()
+            try:
+                async with db.connection() as conn:
+                    cur = await conn.execute("SHOW plan_cache_mode")
+                    row = await cur.fetchone()
+                    assert row is not None
+                    modes[name] = row[0]
+                if name == "worker":
+                    # More executions than psycopg waits before it prepares a statement,
+                    # then the prepared claim takes the jobs, oldest first.
+                    store = JobStore(db)
+                    for _ in range(6):
+                        assert await store.claim("w", 1, 30.0) == []
+                    jobs = [insert_job(database_url), insert_job(database_url)]
+                    claimed = [await store.claim("w", 1, 30.0) for _ in range(3)]
+                    assert [[str(j.id) for j in c] for c in claimed] == [[jobs[0]], [jobs[1]], []]
+            finally:
+                await db.close()
+        return modes
+
+    assert asyncio.run(plan_modes()) == {
+        "worker": "force_generic_plan",
+        "pooled worker": "auto",
+        "api": "auto",
+    }
