@@ -129,6 +129,7 @@ class AtScale:
 
     async def claim(self, label: str) -> dict[str, Any]:
         """The worker's CLAIM (100 at a time) back to back until ``claim_jobs`` are claimed."""
+        from asyncgate.models.database import Database
         from asyncgate.models.jobs import CLAIM
 
         bench = self.bench
@@ -144,9 +145,12 @@ class AtScale:
         }
         say(f"{label}: claim {self.claim_jobs} pending jobs, 100 at a time")
         stats = RunStats()
-        async with await psycopg.AsyncConnection.connect(
-            bench.database_url, autocommit=True
-        ) as conn:
+        # Connected as the worker connects: its statements are planned once (generic plans).
+        db = Database(bench.database_url, pool_size=1, generic_plans=True)
+        await db.open()
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(db.close)
+            conn = await stack.enter_async_context(db.connection())
             with CpuMeter() as cpu:
                 start = time.perf_counter()
                 while True:

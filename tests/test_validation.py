@@ -4,7 +4,6 @@ never a 500, and nothing reaches the job table. The cases share one gateway."""
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,6 +34,8 @@ from tests.upstream import UpstreamThread
 
 WAV = ("a.wav", b"RIFF....WAVEfmt ", "audio/wav")
 PNG = ("a.png", b"\x89PNG\r\n\x1a\n", "image/png")
+SOME_ID = "0192f4c1-7a3e-7b2d-9c4f-5e6a7b8c9d0e"
+"""A well-formed job id no job has (fixed: test ids must be the same in every collection)."""
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +327,7 @@ def test_wrong_content_type_refused(gw: Gateway) -> None:
         ("GET", "/v1/async/nothing"),
         ("POST", "/v1/async/nothing"),
         ("GET", "/v1/chat/completions"),
-        ("GET", "/v1/async/chat/completions/" + str(uuid.uuid4()) + "/extra"),
+        ("GET", f"/v1/async/chat/completions/{SOME_ID}/extra"),
     ],
 )
 def test_unknown_path_is_404(gw: Gateway, method: str, path: str) -> None:
@@ -340,8 +341,8 @@ def test_unknown_path_is_404(gw: Gateway, method: str, path: str) -> None:
         ("GET", CHAT),
         ("DELETE", CHAT),
         ("PUT", EMBEDDINGS),
-        ("POST", CHAT + "/" + str(uuid.uuid4())),
-        ("DELETE", TRANSCRIPTIONS + "/" + str(uuid.uuid4())),
+        ("POST", f"{CHAT}/{SOME_ID}"),
+        ("DELETE", f"{TRANSCRIPTIONS}/{SOME_ID}"),
     ],
 )
 def test_wrong_method_is_405(gw: Gateway, method: str, path: str) -> None:
@@ -351,7 +352,7 @@ def test_wrong_method_is_405(gw: Gateway, method: str, path: str) -> None:
 
 @pytest.mark.parametrize(
     "job_id",
-    [str(uuid.uuid4()), "not-a-uuid", "123", "00000000-0000-0000-0000-00000000000g"],
+    [SOME_ID, "not-a-uuid", "123", "00000000-0000-0000-0000-00000000000g"],
     ids=["unknown", "malformed", "number", "bad-hex"],
 )
 def test_poll_of_missing_job_is_404(gw: Gateway, job_id: str) -> None:
