@@ -114,10 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         results["seconds"] = round(time.monotonic() - started, 1)
         results["goals"] = goals(results.get("scenarios", {}))
-        (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        # The at-scale run keeps files of its own beside the full run's.
+        figures, summary = ("at_scale", "at_scale") if args.at_scale else ("results", "summary")
+        (out / f"{figures}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         report = table(results)
-        (out / "summary.txt").write_text(report + "\n")
-        if results.get("scenarios"):
+        (out / f"{summary}.txt").write_text(report + "\n")
+        if results.get("scenarios") and not args.at_scale:
             chart.draw(results, out / "chart.png")
         print()
         print(report, flush=True)
