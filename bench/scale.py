@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from bench.drain import ORDERED_ID
 from bench.loadgen import CHAT_PATH, Call, RunStats, chat_request, client_session, closed_loop
 from bench.machine import CpuMeter
 from bench.report import say
@@ -38,11 +39,13 @@ SWEEP_CAP_SECONDS = 90.0
 """Submits are measured while the sweep runs, but no longer than this."""
 
 # One completed chat job per number; created a millisecond apart over the past, so the rows lie
-# on disk in expires_at order as they would after real traffic.
-FILL = """
+# on disk in expires_at order as they would after real traffic, with time-ordered ids as the
+# gateway gives them (random ones would spread each claim's primary-key entries over the whole
+# index of a million rows, which the gateway's never do).
+FILL = f"""
 INSERT INTO async_jobs (id, kind, status, provider, model, request, ttl_seconds, result,
                         status_code, attempts, created_at, started_at, completed_at, expires_at)
-SELECT gen_random_uuid(), 'chat_completion', 'completed', 'fake', 'fake/ok',
+SELECT {ORDERED_ID.format(at="t")}, 'chat_completion', 'completed', 'fake', 'fake/ok',
        %(request)s::jsonb, %(ttl)s, %(result)s::jsonb, 200, 1, t, t, t,
        t + make_interval(secs => %(ttl)s)
 FROM (
@@ -59,10 +62,13 @@ VALUES (%(id)s, 'chat_completion', 'completed', 'fake', 'fake/ok', %(request)s::
         %(result)s::jsonb, 200, 1, now(), now() + interval '1 day')
 """
 
-FILL_PENDING = """
-INSERT INTO async_jobs (id, kind, provider, model, request, ttl_seconds)
-SELECT gen_random_uuid(), 'chat_completion', 'fake', 'fake/ok', %(request)s::jsonb, 3600
-FROM generate_series(1, %(rows)s)
+# Pending jobs a microsecond apart, ending now, with time-ordered ids.
+FILL_PENDING = f"""
+INSERT INTO async_jobs (id, kind, provider, model, request, ttl_seconds, created_at)
+SELECT {ORDERED_ID.format(at="t")}, 'chat_completion', 'fake', 'fake/ok', %(request)s::jsonb,
+       3600, t
+FROM (SELECT now() - make_interval(secs => (%(rows)s - g) / 1000000.0) AS t
+      FROM generate_series(1, %(rows)s) AS g) s
 """
 
 # What the measurements leave behind (pending and claimed jobs), not the filled rows.
