@@ -14,9 +14,7 @@ import wave
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
 
 from asyncgate import local
 from asyncgate.config import ProviderConfig
@@ -24,6 +22,12 @@ from asyncgate.kinds import Kind
 from tests.conftest import Gateway, make_settings, wait_for
 from tests.launch import create_database, drop_database, free_port
 from tests.spec_check import SpecChecker
+
+# From the local extra: without it the module is skipped, not an error at collection.
+np = pytest.importorskip("numpy", reason="the local extra is not installed")
+Image = pytest.importorskip("PIL.Image", reason="the local extra is not installed")
+ImageDraw = pytest.importorskip("PIL.ImageDraw", reason="the local extra is not installed")
+ImageFont = pytest.importorskip("PIL.ImageFont", reason="the local extra is not installed")
 
 pytestmark = [
     pytest.mark.skipif(not local.available(), reason="the local extra is not installed"),
