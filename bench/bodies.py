@@ -19,19 +19,19 @@ from typing import Any
 
 import orjson
 import psutil
-import psycopg
 
-from bench.children import Processes, gateway_config
+from bench.children import Processes
 from bench.loadgen import CHAT_PATH, Call, chat_request, client_session, closed_loop
-from bench.machine import CpuMeter, watch_postgres
+from bench.machine import CpuMeter
 from bench.report import say
-from tests.launch import ROOT, free_port
+from bench.scenarios import Bench, Plan
+from tests.launch import ROOT
 
 CLIENTS = 64
 SIZES = {"64k": 64 * 1024, "1m": 1024 * 1024}
 """Scenario key and the size of its request body's JSON, in bytes."""
 MAX_JSON_BYTES = 2 * 1024 * 1024
-UNUSED_UPSTREAM = "http://127.0.0.1:9/v1"
+UNUSED_UPSTREAM = "http://127.0.0.1:9"
 """An ``api`` process never calls its provider: nothing needs to listen there."""
 
 
@@ -68,13 +68,6 @@ class PeakRss:
         self.peak = max(self.peak, self._rss())
 
 
-async def _truncate(database_url: str) -> None:
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await conn.execute("TRUNCATE async_jobs CASCADE")
-        with contextlib.suppress(psycopg.Error):
-            await conn.execute("CHECKPOINT")
-
-
 async def _one_size(
     label: str, size: int, url: str, proc: subprocess.Popen[bytes], seconds: float
 ) -> dict[str, Any]:
@@ -105,32 +98,21 @@ async def _one_size(
     return figures
 
 
-async def measure(
-    quick: bool, database_url: str, work: Path, procs: Processes, name: str = "bodies-api"
-) -> dict[str, Any]:
-    """Each body size for a few seconds (quick: 2 s) against a fresh ``api`` process, the
-    job table emptied before each; returns the figures by size key."""
-    await watch_postgres(database_url)
-    port = free_port()
-    config = gateway_config(
-        work / f"{name}.toml",
-        port=port,
-        database_url=database_url,
-        upstream_url=UNUSED_UPSTREAM,
-        extra={"limits": {"max_json_bytes": MAX_JSON_BYTES}},
-    )
-    proc = procs.start_gateway(name, config, "api")
-    url = f"http://127.0.0.1:{port}"
-    seconds = 2.0 if quick else 5.0
+async def measure(bench: Bench, name: str = "bodies-api") -> dict[str, Any]:
+    """Each body size for a few seconds (quick: 2 s) against a fresh ``api`` process on
+    ``bench``, the job table emptied before each; returns the figures by size key."""
+    seconds = 2.0 if bench.plan.quick else 5.0
     figures: dict[str, Any] = {"clients": CLIENTS, "seconds": seconds}
-    try:
-        await procs.wait_http(url, proc)
-        for label, size in SIZES.items():
-            await _truncate(database_url)
-            figures[label] = await _one_size(label, size, url, proc, seconds)
-        await _truncate(database_url)
-    finally:
-        procs.stop(proc)
+    async with bench.connection():
+        limits = {"limits": {"max_json_bytes": MAX_JSON_BYTES}}
+        url, proc = await bench.start_gateway(name, "api", UNUSED_UPSTREAM, extra=limits)
+        try:
+            for label, size in SIZES.items():
+                await bench.reset_jobs()
+                figures[label] = await _one_size(label, size, url, proc, seconds)
+            await bench.reset_jobs()
+        finally:
+            bench.procs.stop(proc)
     return figures
 
 
@@ -144,7 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     async def scenario(url: str, work: Path, procs: Processes) -> dict[str, Any]:
-        return await measure(args.quick, url, work, procs)
+        bench = Bench(Plan.make(args.quick, 1000), procs, work, url, {"machine": {}})
+        await bench.open()
+        assert bench.db is not None
+        try:
+            return await measure(bench)
+        finally:
+            await bench.db.close()
 
     run_alone("bodies", args.database_url, args.out, scenario)
     return 0

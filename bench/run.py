@@ -102,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                             runner.run(bench.run())
                             drain_jobs = args.drain_jobs // 5 if plan.quick else args.drain_jobs
                             runner.run(run_drain(bench, drain_jobs, 10 * drain_jobs))
-                            results["scenarios"]["bodies"] = runner.run(
-                                bodies.measure(plan.quick, url, work, procs)
-                            )
+                            results["scenarios"]["bodies"] = runner.run(bodies.measure(bench))
                             seconds = 5.0 if plan.quick else 10.0
                             if found := runner.run(layouts.measure(bench, seconds)):
                                 results["scenarios"]["layouts"] = found
