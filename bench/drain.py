@@ -32,7 +32,7 @@ from asyncgate.models.database import Database
 from asyncgate.models.jobs import CLAIM
 from asyncgate.worker.loop import CLAIM_SINCE_MARGIN_SECONDS
 from bench.children import Processes, wait_until
-from bench.loadgen import chat_request, latency_summary
+from bench.loadgen import chat_request, chat_result, latency_summary
 from bench.machine import CpuMeter
 from bench.report import say
 from bench.scenarios import Bench, Plan, per_job_text
@@ -95,27 +95,6 @@ FROM (SELECT now() - interval '1 day' + make_interval(secs => n / 100.0) AS at
 """
 
 
-def completion(size: int = 1024) -> dict[str, Any]:
-    """A chat completion answer of about ``size`` bytes of JSON."""
-    content = ("The northern region grew four percent; risks are supply and currency. " * 20)[
-        : size - 300
-    ]
-    return {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "created": 1700000000,
-        "model": "ok",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 250, "completion_tokens": 180, "total_tokens": 430},
-    }
-
-
 class Drain:
     """The drain scenario on a :class:`bench.scenarios.Bench` (its database, upstream and
     process list); :meth:`run` stores the figures in ``bench.scenarios["drain"]``."""
@@ -144,7 +123,7 @@ class Drain:
             "provider": self.model.split("/", 1)[0],
             "model": self.model,
             "request": json.dumps(self.request),
-            "result": json.dumps(completion()),
+            "result": json.dumps(chat_result()),
         }
         if completed:
             say(f"drain: writing {completed} completed jobs")

@@ -53,6 +53,28 @@ def chat_request(size: int = 1024, model: str = "fake/ok") -> dict[str, Any]:
     return request
 
 
+def chat_result(size: int = 1024) -> dict[str, Any]:
+    """A chat completion answer whose JSON encoding is about ``size`` bytes."""
+    answer: dict[str, Any] = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "fake/ok",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": ""},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 200, "completion_tokens": 180, "total_tokens": 380},
+    }
+    filler = "Revenue in the northern region rose while costs held steady through the quarter. "
+    text = (filler * (size // len(filler) + 1))[: max(0, size - len(orjson.dumps(answer)))]
+    answer["choices"][0]["message"]["content"] = text
+    return answer
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) of already sorted values, linearly interpolated; NaN if empty."""
     if not sorted_values:

@@ -27,7 +27,15 @@ import orjson
 import psycopg
 
 from bench.drain import ORDERED_ID
-from bench.loadgen import CHAT_PATH, Call, RunStats, chat_request, client_session, closed_loop
+from bench.loadgen import (
+    CHAT_PATH,
+    Call,
+    RunStats,
+    chat_request,
+    chat_result,
+    client_session,
+    closed_loop,
+)
 from bench.machine import CpuMeter
 from bench.report import say
 from bench.scenarios import CLIENTS, Bench, per_job_text
@@ -73,28 +81,6 @@ FROM (SELECT now() - make_interval(secs => (%(rows)s - g) / 1000000.0) AS t
 
 # What the measurements leave behind (pending and claimed jobs), not the filled rows.
 CLEAN = "DELETE FROM async_jobs WHERE status <> 'completed'"
-
-
-def chat_result(size: int = 1024) -> dict[str, Any]:
-    """A chat completion answer whose JSON encoding is about ``size`` bytes."""
-    answer: dict[str, Any] = {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "created": 1700000000,
-        "model": "fake/ok",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": ""},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": {"prompt_tokens": 200, "completion_tokens": 180, "total_tokens": 380},
-    }
-    filler = "Revenue in the northern region rose while costs held steady through the quarter. "
-    text = (filler * (size // len(filler) + 1))[: max(0, size - len(orjson.dumps(answer)))]
-    answer["choices"][0]["message"]["content"] = text
-    return answer
 
 
 class AtScale:
