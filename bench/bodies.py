@@ -24,7 +24,7 @@ from bench.children import Processes
 from bench.loadgen import CHAT_PATH, Call, chat_request, client_session, closed_loop
 from bench.machine import CpuMeter
 from bench.report import say
-from bench.scenarios import Bench, Plan
+from bench.scenarios import Bench
 from tests.launch import ROOT
 
 CLIENTS = 64
@@ -126,13 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     async def scenario(url: str, work: Path, procs: Processes) -> dict[str, Any]:
-        bench = Bench(Plan.make(args.quick, 1000), procs, work, url, {"machine": {}})
-        await bench.open()
-        assert bench.db is not None
-        try:
+        async with Bench.alone(args.quick, procs, work, url) as bench:
             return await measure(bench)
-        finally:
-            await bench.db.close()
 
     run_alone("bodies", args.database_url, args.out, scenario)
     return 0

@@ -25,7 +25,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from asyncgate.models.database import Database
@@ -35,7 +34,7 @@ from bench.children import Processes, wait_until
 from bench.loadgen import chat_request, chat_result, latency_summary
 from bench.machine import CpuMeter
 from bench.report import say
-from bench.scenarios import Bench, Plan, per_job_text
+from bench.scenarios import Bench, per_job_text
 from tests.launch import ROOT
 
 PROBES = 200
@@ -282,18 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     async def scenario(url: str, work: Path, procs: Processes) -> dict[str, Any]:
         if args.revision:
             migrate.downgrade(url, args.revision)
-        bench = Bench(Plan.make(True, 1000), procs, work, url, {"machine": {}})
-        bench.db = await psycopg.AsyncConnection.connect(url, autocommit=True)
-        try:
-            rows = await bench.sql("SELECT pg_backend_pid()")
-            import psutil
-
-            CpuMeter.postmaster = psutil.Process(psutil.Process(rows[0][0]).ppid())
-            bench.upstream_url, _ = procs.start_upstream("upstream", work / "up.port", 0.0)
+        async with Bench.alone(True, procs, work, url) as bench:
             drain = Drain(bench, args.jobs, args.completed, ordered_ids=not args.random_ids)
             return await drain.run()
-        finally:
-            await bench.db.close()
 
     figures = run_scenario("asyncgate-drain-", args.database_url, args.out, scenario)
     path = args.out / f"drain-{args.revision or 'head'}.json"

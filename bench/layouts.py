@@ -34,7 +34,7 @@ from bench.children import Processes
 from bench.loadgen import CHAT_PATH, chat_request
 from bench.machine import CpuMeter
 from bench.report import say
-from bench.scenarios import Bench, Plan, per_job_text
+from bench.scenarios import Bench, per_job_text
 from tests.launch import free_port
 
 CONNECTIONS = 64
@@ -185,13 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     from bench.harness import run_alone
 
     async def scenario(url: str, work: Path, procs: Processes) -> dict[str, Any] | None:
-        bench = Bench(Plan.make(False, 1000), procs, work, url, {"machine": {}})
-        await bench.open()
-        assert bench.db is not None
-        try:
+        async with Bench.alone(False, procs, work, url) as bench:
             return await measure(bench, args.seconds)
-        finally:
-            await bench.db.close()
 
     run_alone("layouts", args.database_url, args.out, scenario)
     return 0

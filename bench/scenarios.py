@@ -484,6 +484,21 @@ class Bench:
         )
         await watch_postgres(self.database_url)
 
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def alone(
+        cls, quick: bool, procs: Processes, work: Path, database_url: str
+    ) -> AsyncIterator[Bench]:
+        """A bench for one scenario run on its own (``python -m bench.NAME``), opened (see
+        :meth:`open`); its connection is closed after the block."""
+        bench = cls(Plan.make(quick, 1000), procs, work, database_url, {"machine": {}})
+        await bench.open()
+        try:
+            yield bench
+        finally:
+            assert bench.db is not None
+            await bench.db.close()
+
     async def run(self) -> None:
         await self.open()
         assert self.db is not None
