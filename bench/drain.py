@@ -130,7 +130,7 @@ class Drain:
         say(f"drain: writing a backlog of {self.jobs} pending jobs")
         await self.execute(BACKLOG.format(id=self.id_sql), {**params, "jobs": self.jobs})
         await bench.sql("VACUUM ANALYZE async_jobs")
-        await bench.sql("CHECKPOINT")
+        await bench.checkpoint()
 
     async def variant(self, label: str, completed: int) -> dict[str, Any]:
         bench = self.bench

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
@@ -24,8 +23,9 @@ import uuid
 from typing import Any
 
 import orjson
-import psycopg
 
+from asyncgate.models.database import Database
+from asyncgate.models.jobs import CLAIM
 from bench.drain import ORDERED_ID
 from bench.loadgen import (
     CHAT_PATH,
@@ -102,8 +102,7 @@ class AtScale:
         starts with the same table, statistics and no pending checkpoint work."""
         await self.bench.sql(CLEAN)
         await self.bench.sql("VACUUM ANALYZE async_jobs")
-        with contextlib.suppress(psycopg.Error):
-            await self.bench.sql("CHECKPOINT")
+        await self.bench.checkpoint()
 
     async def figures(self, label: str, url: str, api: subprocess.Popen[bytes]) -> dict[str, Any]:
         """Submit, poll and claim on the table as it is now."""
@@ -121,9 +120,6 @@ class AtScale:
 
     async def claim(self, label: str) -> dict[str, Any]:
         """The worker's CLAIM (100 at a time) back to back until ``claim_jobs`` are claimed."""
-        from asyncgate.models.database import Database
-        from asyncgate.models.jobs import CLAIM
-
         bench = self.bench
         assert bench.db is not None
         await bench.db.execute(CLEAN)
@@ -140,19 +136,20 @@ class AtScale:
         # Connected as the worker connects: its statements are planned once (generic plans).
         db = Database(bench.database_url, pool_size=1, generic_plans=True)
         await db.open()
-        async with contextlib.AsyncExitStack() as stack:
-            stack.push_async_callback(db.close)
-            conn = await stack.enter_async_context(db.connection())
-            with CpuMeter() as cpu:
-                start = time.perf_counter()
-                while True:
-                    began = time.perf_counter()
-                    cur = await conn.execute(CLAIM, params)
-                    claimed = len(await cur.fetchall())
-                    if not claimed:
-                        break
-                    stats.latencies.extend([time.perf_counter() - began] * claimed)
-                stats.elapsed = time.perf_counter() - start
+        try:
+            async with db.connection() as conn:
+                with CpuMeter() as cpu:
+                    start = time.perf_counter()
+                    while True:
+                        began = time.perf_counter()
+                        cur = await conn.execute(CLAIM, params)
+                        claimed = len(await cur.fetchall())
+                        if not claimed:
+                            break
+                        stats.latencies.extend([time.perf_counter() - began] * claimed)
+                    stats.elapsed = time.perf_counter() - start
+        finally:
+            await db.close()
         per_job = cpu.per_job_us(stats.ok)
         say(f"  claim: {stats.ok / stats.elapsed:.0f} jobs/s; {per_job_text(per_job)}")
         return {
@@ -182,8 +179,7 @@ class AtScale:
         await self.settle()
         quiet = await bench._measure("sweep: submit, no sweeper", bench.submit_call(url), api)
         await bench.sql(CLEAN)
-        with contextlib.suppress(psycopg.Error):
-            await bench.sql("CHECKPOINT")
+        await bench.checkpoint()
         sweeper = bench.procs.start(
             "scale-sweeper",
             "-m",
