@@ -45,10 +45,13 @@ def head_revision() -> str:
                 target = node.targets[0]
                 if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
                     values[target.id] = ast.literal_eval(node.value)
-        if isinstance(values.get("revision"), str):
-            revisions.add(str(values["revision"]))
-            down = values.get("down_revision")
-            revised.update((down,) if isinstance(down, str) else down or ())  # type: ignore[arg-type]
+        revision, down = values.get("revision"), values.get("down_revision")
+        if isinstance(revision, str):
+            revisions.add(revision)
+            if isinstance(down, str):
+                revised.add(down)
+            elif isinstance(down, tuple | list):  # a merge revises several
+                revised.update(down)
     heads = revisions - revised
     if len(heads) != 1:
         raise RuntimeError(f"the migration scripts must have one head, not {sorted(heads)}")
