@@ -148,13 +148,14 @@ def start_process(
     env: Mapping[str, str],
     *,
     die_with_parent: bool = False,
+    cwd: Path = ROOT,
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in the repository root, in its own session, stdout and stderr appended
-    to ``log_path``; with ``die_with_parent`` it is SIGKILLed when this process dies."""
+    """Start ``argv`` in ``cwd`` (the repository root), in its own session, stdout and stderr
+    appended to ``log_path``; with ``die_with_parent`` it is SIGKILLed when this process dies."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             list(argv),
-            cwd=ROOT,
+            cwd=cwd,
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=log,
