@@ -12,6 +12,7 @@ from typing import Any
 from connexion.middleware.swagger_ui import SwaggerUIAPI, SwaggerUIMiddleware
 from connexion.spec import Specification
 from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
 
 SERVER = {"url": "/", "description": "this gateway, at the address the document came from"}
 
@@ -25,7 +26,20 @@ class _SpecAPI(SwaggerUIAPI):
 
 
 class DocsMiddleware(SwaggerUIMiddleware):
-    """Connexion's spec and Swagger UI middleware, with a ``servers`` entry that can be used."""
+    """Connexion's spec and Swagger UI middleware, with a ``servers`` entry that can be used.
+
+    A request whose path names none of the documents passes straight on: Connexion's middleware
+    copies the scope and runs it through a router of its own first (a twentieth of a poll's CPU).
+    """
+
+    _served: tuple[str, ...] = ()
+    """Path fragments of what the middleware serves: ``/openapi.`` (json and yaml), ``/docs``."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not any(part in scope["path"] for part in self._served):
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
     def add_api(
         self,
@@ -42,3 +56,8 @@ class DocsMiddleware(SwaggerUIMiddleware):
             **kwargs,
         )
         self.router.mount(api.base_path, app=api.router)
+        spec_path = api.options.openapi_spec_path
+        self._served += (
+            spec_path[: spec_path.rindex(".") + 1],
+            api.options.swagger_ui_path.rstrip("/"),
+        )
