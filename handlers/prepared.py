@@ -19,19 +19,27 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from connexion import AsyncApp
 from connexion.apps.asynchronous import AsyncApi, AsyncOperation
-from connexion.context import receive, scope
+from connexion.context import context, operation, receive, scope
 from connexion.decorators import StarletteDecorator
+from connexion.decorators.parameter import (
+    CONTEXT_NAME,
+    AsyncParameterDecorator,
+    _get_path_arguments,
+    pythonic,
+    sanitized,
+    unwrap_decorators,
+)
 from connexion.exceptions import UnsupportedMediaTypeProblem
 from connexion.frameworks.starlette import Starlette as StarletteFramework
 from connexion.lifecycle import ConnexionRequest
 from connexion.middleware import request_validation
 from connexion.operations import AbstractOperation
 from connexion.uri_parsing import AbstractURIParser
-from connexion.utils import is_nullable
+from connexion.utils import inspect_function_arguments, is_nullable
 from starlette.types import Receive, Scope, Send
 
 PARSED_JSON = "asyncgate.parsed_json"
@@ -141,11 +149,56 @@ class RequestValidationMiddleware(request_validation.RequestValidationMiddleware
     api_cls = _ValidationApi
 
 
+class _Parameters(AsyncParameterDecorator):
+    """Connexion's parameter decorator with parameter names sanitised once, not by three
+    regular expressions per name and request; a handler that takes path parameters alone (no
+    body, query parameters or ``**kwargs``: a poll, a cancel) gets them without Connexion's
+    search of every request for a body, form files and query parameters it would not pass."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        rule = pythonic if kwargs.get("pythonic_params") else sanitized
+        self.sanitize_fn = functools.lru_cache(maxsize=256)(rule)
+
+    def __call__(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        general = super().__call__(function)
+        sanitize = cast("Callable[[str], str]", self.sanitize_fn)
+        arguments, has_kwargs = inspect_function_arguments(unwrap_decorators(function))
+        path_only: list[bool] = []
+        """Decided on the operation's first request, when its definition is at hand."""
+
+        @functools.wraps(function)
+        async def wrapper(request: ConnexionRequest) -> Any:
+            if not path_only:
+                path_only.append(
+                    not has_kwargs
+                    and not operation.is_request_body_defined
+                    and not any(p["in"] == "query" for p in operation.parameters)
+                )
+            if not path_only[0]:
+                return await general(request)
+            kwargs = _get_path_arguments(
+                request.path_params, operation=operation, sanitize=sanitize
+            )
+            for key, value in context.items():
+                if key in arguments:
+                    kwargs[key] = value
+            if CONTEXT_NAME in arguments:
+                kwargs[CONTEXT_NAME] = context
+            return await function(**kwargs)
+
+        return wrapper
+
+
 class _DecoratedOnce(StarletteDecorator):
     """Connexion's Starlette decorator whose wrappers are built when it is applied, handing
     handlers the validator's parsed body."""
 
     framework = _ParsedBodyFramework
+
+    @property
+    def _parameter_decorator_cls(self) -> type[AsyncParameterDecorator]:
+        return _Parameters
 
     def __call__(self, function: Callable[..., Any]) -> Callable[[], Awaitable[Any]]:
         decorated = self.decorate(function)
