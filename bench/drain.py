@@ -137,12 +137,14 @@ class Drain:
         await self.fill(completed)
         stats_before = await self.table_stats()
         wal_before = (await bench.sql("SELECT pg_current_wal_lsn()"))[0][0]
+        fpi_before, checkpoints_before = await self.wal_stats()
         _, worker = await bench.start_gateway("drain-worker", "worker", bench.upstream_url)
         say(f"drain: one worker working off {self.jobs} jobs ({label})")
         with CpuMeter(worker=worker) as cpu:
             start = time.perf_counter()
             end = await wait_until(self.drained, 600, f"{self.jobs} jobs to finish", 0.2)
         wal = (await bench.sql("SELECT pg_current_wal_lsn() - %s::pg_lsn", wal_before))[0][0]
+        fpi_after, checkpoints_after = await self.wal_stats()
         after = await self.table_stats()
         claims = await self.probe_claims()
         bench.procs.stop(worker)
@@ -157,13 +159,17 @@ class Drain:
             "cpu": cpu.figures,
             "cpu_us": per_job,
             "wal_bytes_per_job": round(float(wal) / self.jobs),
+            "full_page_images_per_job": round((fpi_after - fpi_before) / self.jobs, 3),
+            "checkpoints": checkpoints_after - checkpoints_before,
             "hot_update_share": (after["hot"] - stats_before["hot"]) / updates if updates else 0,
             "table_mb": after["mb"],
             "empty_claim": claims,
         }
         say(
             f"  {label}: {result['jobs_per_second']:.0f} jobs/s, "
-            f"{result['wal_bytes_per_job']} WAL bytes/job, "
+            f"{result['wal_bytes_per_job']} WAL bytes/job "
+            f"({result['full_page_images_per_job']:.2f} full-page images/job, "
+            f"{result['checkpoints']} checkpoints), "
             f"{result['hot_update_share']:.0%} HOT updates"
         )
         say(f"    {cpu.text()}; {per_job_text(per_job)}")
@@ -186,6 +192,18 @@ class Drain:
             " OR EXISTS (SELECT FROM async_jobs WHERE status = 'processing')"
         )
         return None if rows[0][0] else time.perf_counter()
+
+    async def wal_stats(self) -> tuple[int, int]:
+        """Full-page images written so far, and checkpoints begun (timed or requested): after a
+        checkpoint the first change of every page logs the whole page."""
+        version = int((await self.bench.sql("SHOW server_version_num"))[0][0])
+        checkpoints = (
+            "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+            if version < 170000  # PostgreSQL 17 moved them to pg_stat_checkpointer
+            else "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
+        )
+        rows = await self.bench.sql(f"SELECT (SELECT wal_fpi FROM pg_stat_wal), ({checkpoints})")
+        return int(rows[0][0]), int(rows[0][1])
 
     async def table_stats(self) -> dict[str, float]:
         rows = await self.bench.sql(
