@@ -355,7 +355,9 @@ WHERE id = ANY(%(ids)s) AND status = 'processing' AND lease_owner = %(owner)s
 
 # Terminal write for a batch of jobs, guarded by state and lease owner (a requeued job nobody
 # has claimed since still names its last owner, who may write the result it holds); each written
-# job is announced on the done channel, delivered at commit.
+# job is announced on the done channel, delivered at commit. The arrays travel in binary: as
+# text, every quote of every result's JSON is escaped (a regular expression per element, about
+# 27 us per job in the worker; 1 us in binary).
 FINISH = f"""
 UPDATE async_jobs j
 SET status = o.status, status_code = o.status_code, result = o.result::jsonb,
@@ -367,8 +369,8 @@ SET status = o.status, status_code = o.status_code, result = o.result::jsonb,
     completed_at = now(),
     expires_at = now() + make_interval(secs => j.ttl_seconds),
     lease_owner = NULL, lease_expires_at = NULL
-FROM unnest(%(ids)s::uuid[], %(statuses)s::text[], %(codes)s::smallint[], %(results)s::text[],
-            %(bytes)s::bytea[], %(types)s::text[], %(errors)s::text[])
+FROM unnest(%(ids)b::uuid[], %(statuses)b::text[], %(codes)b::smallint[], %(results)b::text[],
+            %(bytes)b::bytea[], %(types)b::text[], %(errors)b::text[])
     AS o(id, status, status_code, result, result_bytes, content_type, error)
 WHERE j.id = o.id AND j.status IN ('processing', 'pending') AND j.lease_owner = %(owner)s
 RETURNING j.id, pg_notify('{DONE_CHANNEL}', j.id::text)

@@ -211,6 +211,8 @@ def test_unusable_answers_fail_502_and_the_worker_goes_on(
     cases = {
         "bad-json": ("upstream_invalid_response", "invalid JSON", 1),
         "wrong-content-type": ("upstream_invalid_response", "'text/html'", 1),
+        # jsonb refuses U+0000: the job fails with the reason, its batch's other jobs complete
+        "nul-answer": ("upstream_invalid_response", "cannot be stored", 1),
         "huge-20000": ("upstream_response_too_large", "10000 byte limit", 1),
         "drop": ("upstream_connection_error", "connection failed", 3),
     }

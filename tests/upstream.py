@@ -12,6 +12,7 @@ field ``model``): directives joined by ``+``, e.g. ``status-503+retry-after-2``.
 - ``delay-<seconds>``: sleep (float seconds) before answering; a client that closes the
   connection meanwhile ends the request there (outcome ``client-closed``, ``closed_at`` set)
 - ``bad-json``: 200 ``application/json`` whose body is not valid JSON
+- ``nul-answer``: 200, valid JSON holding ``\\u0000``, which PostgreSQL's jsonb cannot store
 - ``wrong-content-type``: 200 with a ``text/html`` body
 - ``huge-<bytes>``: 200 JSON body of at least that many bytes
 - ``drop``: abort the connection without sending a response
@@ -77,7 +78,7 @@ PNG_B64 = (  # a 1x1 RGB image
 _DIRECTIVE = re.compile(r"(status|retry-after|delay|fail-first|huge)-(\d+(?:\.\d+)?)")
 _SUCCESSES = ("ok", "huge")
 """Outcomes that are a successful answer (a paid upstream call, for a real provider)."""
-_FLAGS = ("bad-json", "wrong-content-type", "drop")
+_FLAGS = ("bad-json", "nul-answer", "wrong-content-type", "drop")
 
 
 def _tiny_wav() -> bytes:
@@ -135,6 +136,7 @@ class Directives:
     fail_first: int = 0
     huge: int = 0
     bad_json: bool = False
+    nul_answer: bool = False
     wrong_content_type: bool = False
     drop: bool = False
 
@@ -431,6 +433,9 @@ class FakeUpstream:
         if directives.bad_json:
             body = b'{"id": "chatcmpl-broken", "choices": ['
             return "bad-json", web.Response(body=body, content_type="application/json")
+        if directives.nul_answer:
+            body = b'{"id": "chatcmpl-nul", "choices": [], "note": "a\\u0000b"}'
+            return "nul-answer", web.Response(body=body, content_type="application/json")
         if directives.wrong_content_type:
             html = "<html><body><h1>502 Bad Gateway</h1></body></html>"
             return "wrong-content-type", web.Response(text=html, content_type="text/html")
