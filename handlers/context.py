@@ -6,7 +6,7 @@ object on every access.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from connexion.context import receive, scope
 from starlette.datastructures import Headers
@@ -32,8 +32,48 @@ def json_text() -> bytes | None:
     return cast("bytes | None", current_scope().get(JSON_TEXT))
 
 
-def headers() -> Headers:
-    return Headers(scope=current_scope())
+HEADERS = "asyncgate.headers"
+"""Scope key of the request's :class:`RequestHeaders`, made on first use."""
+
+
+class RequestHeaders(Headers):
+    """Starlette's request headers, whose lookups go through a dict made on the first one.
+
+    Starlette scans the raw list and raises (then catches) a KeyError for every missing name;
+    a submission asks for a dozen names it does not carry (keys, TTL, deadline, webhook,
+    Idempotency-Key, trace context, Prefer). The first occurrence of a repeated name wins, as
+    in Starlette; :meth:`getlist` and iteration are Starlette's own.
+    """
+
+    _index: dict[str, str] | None = None
+
+    def _lookup(self) -> dict[str, str]:
+        if self._index is None:
+            raw = reversed(self.raw)
+            self._index = {name.decode("latin-1"): value.decode("latin-1") for name, value in raw}
+        return self._index
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._lookup().get(key.lower(), default)
+
+    def __getitem__(self, key: str) -> str:
+        return self._lookup()[key.lower()]
+
+    def __contains__(self, key: Any) -> bool:
+        return isinstance(key, str) and key.lower() in self._lookup()
+
+
+def request_headers(scope: Scope) -> RequestHeaders:
+    """The headers of the request ``scope`` belongs to, made once per request."""
+    found = scope.get(HEADERS)
+    if found is None:
+        found = scope[HEADERS] = RequestHeaders(scope=scope)
+    return cast(RequestHeaders, found)
+
+
+def headers() -> RequestHeaders:
+    """The headers of the request being handled."""
+    return request_headers(current_scope())
 
 
 def current_receive() -> Receive:

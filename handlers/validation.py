@@ -38,6 +38,7 @@ from starlette.formparsers import MultiPartParser
 from starlette.types import Receive, Scope
 
 from asyncgate.errors import BadRequest
+from asyncgate.handlers.context import request_headers
 from asyncgate.handlers.prepared import JSON_TEXT, PARSED_JSON
 from asyncgate.handlers.problems import describe
 from asyncgate.handlers.submission import TIMEOUT_HEADER, TTL_HEADER
@@ -94,9 +95,11 @@ class SpecParameterValidator(ParameterValidator):
         return None
 
     def validate_header_parameter(self, param: dict[str, Any], request: Any) -> Any:
-        if param["name"].lower() in (TTL_HEADER, TIMEOUT_HEADER):
+        name = param["name"]
+        if name.lower() in (TTL_HEADER, TIMEOUT_HEADER):
             return None
-        return super().validate_header_parameter(param, request)
+        value = request_headers(request.scope).get(name)
+        return self.validate_parameter("header", value, param)
 
 
 _FORMATS = {

@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from asyncgate.app import connexion_app
 from asyncgate.config import LimitsConfig
-from asyncgate.handlers import prepared
+from asyncgate.handlers import context, prepared
 from asyncgate.metrics import Metrics
 
 CHAT = "/v1/async/chat/completions"
@@ -51,3 +51,44 @@ def test_body_validators_kept_per_operation_are_bounded() -> None:
     assert accepted.status_code == 202
     kept = [len(o._bodies) for o in gc.get_objects() if isinstance(o, prepared._Validation)]
     assert max(kept) == prepared.CONTENT_TYPES_KEPT
+
+
+def app_answering_with_its_arguments() -> Any:
+    async def handler(**arguments: Any) -> Response:
+        return Response(repr(sorted(arguments.items())), status_code=200)
+
+    async def poll(job_id: str) -> Response:
+        return Response(repr(job_id), status_code=200)
+
+    def resolve(operation_id: str) -> Any:
+        return poll if operation_id.startswith("get") and "Job" in operation_id else handler
+
+    return connexion_app(LimitsConfig(), Metrics(), resolver=Resolver(function_resolver=resolve))
+
+
+def test_path_only_handlers_get_their_path_parameters_as_connexion_gives_them() -> None:
+    job_id = "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b"
+    with TestClient(app_answering_with_its_arguments()) as client:
+        polled = [client.get(f"{CHAT}/{job_id}") for _ in range(2)]  # first request decides
+        with_query = client.get(f"{CHAT}/{job_id}?x=1", headers={"content-type": "text/plain"})
+        not_uuid = client.get(f"{CHAT}/not-a-uuid")
+        listed = client.get("/v1/async/jobs?limit=2")
+    assert [(r.status_code, r.text) for r in polled] == [(200, repr(job_id))] * 2
+    assert (with_query.status_code, with_query.text) == (200, repr(job_id))
+    # Draft 4 knows no uuid format: the handler refuses what is not a job id (a 404)
+    assert (not_uuid.status_code, not_uuid.text) == (200, repr("not-a-uuid"))
+    # an operation with query parameters still gets them from Connexion, typed by the spec
+    assert listed.status_code == 200 and "('limit', 2)" in listed.text
+
+
+def test_request_headers_are_case_insensitive_and_the_first_of_a_name_wins() -> None:
+    scope = {
+        "type": "http",
+        "headers": [(b"x-api-key", b"first"), (b"prefer", b"wait=1"), (b"x-api-key", b"second")],
+    }
+    headers = context.RequestHeaders(scope=scope)
+    assert headers.get("X-Api-Key") == "first" and headers["x-api-key"] == "first"
+    assert headers.get("idempotency-key") is None and headers.get("missing", "d") == "d"
+    assert "PREFER" in headers and "traceparent" not in headers
+    assert headers.getlist("x-api-key") == ["first", "second"]
+    assert context.request_headers(scope) is context.request_headers(scope)
