@@ -123,8 +123,17 @@ class _Validation(request_validation.RequestValidationOperation):
             ),
         )
 
+    @functools.cached_property
+    def _takes_body(self) -> bool:
+        """Whether the operation declares a request body: without one, every content type is
+        accepted and nothing is read (a poll needs no look at its Content-Type)."""
+        return bool(self._operation.consumes)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._parameters.validate(scope)
+        if not self._takes_body:
+            await self.next_app(scope, receive, send)
+            return
         body = self._body(*self.extract_content_type(scope["headers"]))
         if isinstance(body, str):
             raise UnsupportedMediaTypeProblem(detail=body)
