@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,6 +31,22 @@ class RequestMetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        """The labelled counter and histogram per operation id and status, looked up once
+        (``labels()`` takes a lock and builds its key on every call); bounded by the spec's
+        operations times the statuses they answer."""
+
+    def _count(self, operation: str, status: int, seconds: float) -> None:
+        children = self._children.get((operation, status))
+        if children is None:
+            metrics = self.metrics
+            children = (
+                metrics.http_requests.labels(operation, str(status)),
+                metrics.http_seconds.labels(operation),
+            )
+            self._children[(operation, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,5 +69,4 @@ class RequestMetricsMiddleware:
         finally:
             routing = extensions.get("connexion_routing") or {}
             operation = routing.get("operation_id") or "unmatched"
-            self.metrics.http_requests.labels(operation, str(status)).inc()
-            self.metrics.http_seconds.labels(operation).observe(time.monotonic() - started)
+            self._count(operation, status, time.monotonic() - started)
