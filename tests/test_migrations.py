@@ -362,7 +362,9 @@ def test_0005_admin_keys_list_indexes_and_idempotency(empty_database: str) -> No
     assert query(empty_database, "SELECT count(*) FROM async_jobs") == [(2,)]
 
 
-def test_0010_sets_the_job_tables_autovacuum_settings_as_declared(empty_database: str) -> None:
+def test_0010_and_0012_set_the_job_tables_storage_parameters_as_declared(
+    empty_database: str,
+) -> None:
     from asyncgate.models.tables import JOBS_STORAGE
 
     def options() -> dict[str, str]:
@@ -371,5 +373,7 @@ def test_0010_sets_the_job_tables_autovacuum_settings_as_declared(empty_database
 
     migrate.upgrade(empty_database)
     assert options() == JOBS_STORAGE
+    migrate.downgrade(empty_database, "0011")
+    assert options() == {k: v for k, v in JOBS_STORAGE.items() if k != "fillfactor"}
     migrate.downgrade(empty_database, "0009")
     assert options() == {}
