@@ -162,6 +162,7 @@ class Drain:
             "full_page_images_per_job": round((fpi_after - fpi_before) / self.jobs, 3),
             "checkpoints": checkpoints_after - checkpoints_before,
             "hot_update_share": (after["hot"] - stats_before["hot"]) / updates if updates else 0,
+            "autovacuums": after["autovacuums"] - stats_before["autovacuums"],
             "table_mb": after["mb"],
             "empty_claim": claims,
         }
@@ -170,7 +171,8 @@ class Drain:
             f"{result['wal_bytes_per_job']} WAL bytes/job "
             f"({result['full_page_images_per_job']:.2f} full-page images/job, "
             f"{result['checkpoints']} checkpoints), "
-            f"{result['hot_update_share']:.0%} HOT updates"
+            f"{result['hot_update_share']:.0%} HOT updates, "
+            f"{result['autovacuums']} autovacuums of the table"
         )
         say(f"    {cpu.text()}; {per_job_text(per_job)}")
         say(
@@ -207,10 +209,15 @@ class Drain:
 
     async def table_stats(self) -> dict[str, float]:
         rows = await self.bench.sql(
-            "SELECT n_tup_upd, n_tup_hot_upd, pg_total_relation_size(relid) / 2.0^20"
-            " FROM pg_stat_user_tables WHERE relname = 'async_jobs'"
+            "SELECT n_tup_upd, n_tup_hot_upd, pg_total_relation_size(relid) / 2.0^20,"
+            " autovacuum_count FROM pg_stat_user_tables WHERE relname = 'async_jobs'"
         )
-        return {"updates": rows[0][0], "hot": rows[0][1], "mb": round(float(rows[0][2]), 1)}
+        return {
+            "updates": rows[0][0],
+            "hot": rows[0][1],
+            "mb": round(float(rows[0][2]), 1),
+            "autovacuums": rows[0][3],
+        }
 
     async def probe_claims(self) -> dict[str, float]:
         """The worker's CLAIM on the now empty queue, ``PROBES`` times over about two seconds,
