@@ -1,14 +1,16 @@
 """A/B of two versions of the code under wrk, in one run: which one costs less per request.
 
-    .venv/bin/python -m bench.ab A [B] [--app baseline|api] [--request submit|poll]
-                                 [--rounds 6] [--seconds 4] [--database-url URL]
+    .venv/bin/python -m bench.ab A [B] [--app baseline|api] [--request submit|poll|...]
+                                 [--rounds 6] [--seconds 4] [--database-url URL] [--schema REV]
 
 A and B are git revisions (B defaults to the working tree). Each is laid out as the installed
 package would be (``asyncgate`` with ``handlers``, ``models``, ... inside it, in a temporary
 directory), and started side by side: the baseline app (``python -m bench.baseline``) or a
 gateway ``api`` process on a database of this run's own (``--database-url``, a server whose user
-may create databases; default: the embedded server). wrk then sends the ~1 KB chat submit, or
-the poll of one completed job, to A and B in turns (A, B, B, A, A, B, ...), so that whatever the
+may create databases; default: the embedded server; ``--schema`` stops its migrations at a
+revision that both know). wrk then sends the ~1 KB chat submit, or
+the same with a new ``Idempotency-Key`` on each (``idempotent-submit``), or the poll of one
+completed job, to A and B in turns (A, B, B, A, A, B, ...), so that whatever the
 machine does meanwhile falls on both alike. Reported per version: the median over the rounds of
 requests/s and of the server process's CPU microseconds per request, read from ``/proc``.
 """
@@ -31,6 +33,7 @@ from typing import Any
 import orjson
 import psutil
 
+from asyncgate.models import migrate
 from bench.children import Processes, child_environment, gateway_config
 from bench.layouts import CHAT_PATH, CONNECTIONS, wrk_available
 from bench.loadgen import chat_request
@@ -45,6 +48,22 @@ _POST = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()
 """
+
+_IDEMPOTENT = """
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("prefix", string.format("%d-%d-", os.time(), threads))
+end
+local sent = 0
+function request()
+  sent = sent + 1
+  wrk.headers["Idempotency-Key"] = prefix .. sent
+  return wrk.format()
+end
+"""
+"""Each request with a new Idempotency-Key (every one a first use), unique across wrk's threads
+and runs."""
 
 
 def checkout(revision: str | None, into: Path) -> Path:
@@ -180,9 +199,10 @@ async def run(args: argparse.Namespace, work: Path, database_url: str | None) ->
     body.write_bytes(orjson.dumps(chat_request()))
     lua: Path | None = None
     target = CHAT_PATH
-    if args.request == "submit":
+    if args.request in ("submit", "idempotent-submit"):
         lua = work / "post.lua"
-        lua.write_text(_POST.format(body=body))
+        idempotent = _IDEMPOTENT if args.request == "idempotent-submit" else ""
+        lua.write_text(_POST.format(body=body) + idempotent)
     elif args.app == "api":
         assert database_url is not None
         target = f"{CHAT_PATH}/{await _completed_job(database_url)}"
@@ -221,10 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("a", help="revision A (e.g. HEAD~1)")
     parser.add_argument("b", nargs="?", help="revision B (default: the working tree)")
     parser.add_argument("--app", choices=["baseline", "api"], default="baseline")
-    parser.add_argument("--request", choices=["submit", "poll"], default="submit")
+    parser.add_argument(
+        "--request", choices=["submit", "idempotent-submit", "poll"], default="submit"
+    )
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--database-url", help="PostgreSQL admin URL (default: embedded server)")
+    parser.add_argument(
+        "--schema", help="api: migrate the database only this far (a revision A or B predates)"
+    )
     args = parser.parse_args(argv)
     if not wrk_available():
         say("wrk is not installed: apt-get install wrk")
@@ -237,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.harness import run_alone
 
         async def scenario(url: str, _work: Path, _procs: Processes) -> dict[str, Any]:
+            if args.schema:
+                migrate.downgrade(url, args.schema)
             return await run(args, work, url)
 
         run_alone("ab", args.database_url, work, scenario)
