@@ -74,6 +74,10 @@ class ServerConfig:
     serve_worker_process: bool = True
     """``asyncgate serve`` runs its worker and sweeper in a process of their own; false: in
     each API process (with ``serve_processes = 1``, API, worker and sweeper share one)."""
+    serve_worker_nice: int = 5
+    """Niceness of ``serve``'s worker process (0-19): when the API processes and the worker
+    want more CPU than the machine has, accepting requests comes first and the worker works
+    off the queue with what is left; on idle cores it makes no difference."""
     header_timeout_seconds: float = 5.0
     """A request's line and headers must arrive within this long of its first byte."""
     idle_timeout_seconds: float = 5.0
@@ -499,6 +503,8 @@ def _check(settings: Settings) -> None:
             problems.append(f"server.{name} must be positive")
     if settings.server.serve_processes < 0:
         problems.append("server.serve_processes must be 0 (one per core) or more")
+    if not 0 <= settings.server.serve_worker_nice <= 19:
+        problems.append("server.serve_worker_nice must be from 0 to 19")
     w = settings.worker
     if w.renew_seconds * 2 > w.lease_seconds:
         problems.append("worker.renew_seconds must be at most half of worker.lease_seconds")

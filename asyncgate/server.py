@@ -187,9 +187,12 @@ def serve_app_factory() -> Any:
 
 
 def worker_child() -> None:
-    """``serve``'s worker process (configuration from the environment); the API processes
-    serve its metrics from the shared directory."""
+    """``serve``'s worker process (configuration from the environment), at the niceness of
+    ``server.serve_worker_nice``; the API processes serve its metrics from the shared
+    directory."""
     settings = _child_settings()
+    if settings.server.serve_worker_nice:
+        os.nice(settings.server.serve_worker_nice)
     run(run_worker(settings, os.environ["ASYNCGATE_DATABASE_URL"], serve_metrics=False))
 
 

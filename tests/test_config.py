@@ -231,6 +231,8 @@ def test_secrets_never_show(tmp_path: Path) -> None:
         ("[server]\nmax_connections = 0\n", {}, "server.max_connections"),
         ("[server]\nprocesses = 0\n", {}, "server.processes"),
         ("[server]\nserve_processes = -1\n", {}, "server.serve_processes"),
+        ("[server]\nserve_worker_nice = 20\n", {}, "server.serve_worker_nice"),
+        ("", {"ASYNCGATE_SERVER_SERVE_WORKER_NICE": "-1"}, "server.serve_worker_nice"),
         ("", {"ASYNCGATE_SERVER_SERVE_WORKER_PROCESS": "maybe"}, "serve_worker_process"),
         ("", {"ASYNCGATE_SERVER_MAX_CONNECTIONS": "0"}, "server.max_connections"),
         ("", {"ASYNCGATE_SERVER_IDLE_TIMEOUT_SECONDS": "soon"}, "server.idle_timeout_seconds"),

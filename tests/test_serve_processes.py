@@ -51,6 +51,10 @@ def test_serve_runs_api_processes_and_a_worker_process_and_restarts_a_dead_worke
     pids = {child.pid for child in children(serve)}
     assert worker in pids and serve.pid not in pids
     assert len(pids) == 3, pids  # two API processes and the worker
+    # short of CPU, the API processes come first (server.serve_worker_nice, default 5)
+    base = psutil.Process(serve.pid).nice()
+    assert psutil.Process(worker).nice() == min(base + 5, 19)
+    assert {psutil.Process(pid).nice() for pid in pids - {worker}} == {base}
     client = Client(serve.url, spec_checker)
     first = client.submit_ok(CHAT, chat())
     assert client.wait_terminal(CHAT, first)["status"] == "completed"
@@ -60,6 +64,7 @@ def test_serve_runs_api_processes_and_a_worker_process_and_restarts_a_dead_worke
     wait_for(lambda: len(worker_pids(serve)) == 2, timeout=30)
     replacement = worker_pids(serve)[1]
     assert replacement != worker
+    assert psutil.Process(replacement).nice() == min(base + 5, 19)
     assert replacement in {child.pid for child in children(serve)}
     second = client.submit_ok(CHAT, chat())
     assert client.wait_terminal(CHAT, second)["status"] == "completed"
@@ -110,6 +115,8 @@ def test_serve_without_a_worker_process_runs_a_worker_in_each_api_process(
     wait_for(lambda: len(worker_pids(serve)) == 2)
     api_pids = {child.pid for child in children(serve)}
     assert set(worker_pids(serve)) == api_pids
+    # the API processes run the workers here: none of them is niced
+    assert {psutil.Process(pid).nice() for pid in api_pids} == {psutil.Process(serve.pid).nice()}
     client = Client(serve.url, spec_checker)
     job_ids = [client.submit_ok(CHAT, chat()) for _ in range(4)]
     assert all(client.wait_terminal(CHAT, i)["status"] == "completed" for i in job_ids)
