@@ -548,6 +548,9 @@ class JobStore:
         self.cache_size = cache_size
         self.idempotency_window_seconds = idempotency_window_seconds
         self._terminal: OrderedDict[tuple[uuid.UUID, Kind, int | None], JobView] = OrderedDict()
+        self._forgotten = 0
+        """How many times :meth:`forget` ran: a read that a forget overtook is not cached, as
+        it may be the answer the forget was for."""
 
     # --- API side -------------------------------------------------------------------------
 
@@ -720,12 +723,14 @@ class JobStore:
                 return view
             del self._terminal[cache_key]
             return None
+        forgotten = self._forgotten
         rows = await self.db.read(GET_JOB, (job_id, kind.value, key_id))
         if not rows:
             return None
         row = rows[0]
         view = JobView(row[0], JobStatus(row[1]), *row[2:])
-        if view.status.terminal and _small(view) and self.cache_size > 0:
+        cacheable = forgotten == self._forgotten and self.cache_size > 0
+        if cacheable and view.status.terminal and _small(view):
             self._terminal[cache_key] = view
             if len(self._terminal) > self.cache_size:
                 self._terminal.popitem(last=False)
@@ -733,6 +738,7 @@ class JobStore:
 
     def forget(self, job_id: uuid.UUID | None = None) -> None:
         """Drop the cached answers for ``job_id`` (requeued by an operator), or all of them."""
+        self._forgotten += 1
         if job_id is None:
             self._terminal.clear()
             return

@@ -3,6 +3,7 @@ exit statuses, the guards on requeue and cancel, purges in batches and their int
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import re
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,9 @@ import pytest
 
 from asyncgate.cli import main
 from asyncgate.dba_args import when
+from asyncgate.kinds import Kind
 from asyncgate.models import migrate
+from asyncgate.models.jobs import JobStore, JobView
 from tests.conftest import Gateway, wait_for
 from tests.helpers import (
     CHAT,
@@ -29,8 +33,10 @@ from tests.helpers import (
     chat,
     clean_environ,
     create_key,
+    insert_job,
     new_database,
     submit_ok,
+    with_store,
 )
 from tests.test_cli import config_for
 from tests.test_migrations import query
@@ -327,9 +333,45 @@ def test_a_requeued_job_runs_again_and_polls_see_it(
 
     code, out, _ = jobs("requeue", job_id)
     assert code == 0 and f"{job_id}  requeued" in out
-    done = gateway.wait_terminal(CHAT, job_id)
-    assert done["status"] == "completed", done
+
+    # The API drops its cached answer when it hears of the requeue, a moment after the commit.
+    def completed() -> dict[str, Any] | None:
+        body: dict[str, Any] = gateway.poll(CHAT, job_id).json()
+        return body if body["status"] == "completed" else None
+
+    done = wait_for(completed)
     assert done["result"]["choices"][0]["message"]["content"] == "hello"
+
+
+def test_a_poll_read_before_a_requeue_is_not_cached_after_it(database_url: str) -> None:
+    job_id = uuid.UUID(insert_job(database_url))
+
+    def finish(status: str) -> None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE async_jobs SET status = %s, status_code = 200, result = '{}',"
+                " error = '{}', completed_at = now(), expires_at = now() + interval '1 hour'"
+                " WHERE id = %s",
+                (status, job_id),
+            )
+
+    async def polls(store: JobStore) -> list[str | None]:
+        def poll() -> asyncio.Task[JobView | None]:
+            return asyncio.create_task(store.get(job_id, Kind.CHAT_COMPLETION, None))
+
+        reading = poll()
+        await asyncio.sleep(0)  # the poll waits on its read of the failed job...
+        store.forget(job_id)  # ...when the requeue's notification arrives
+        seen = [await reading]
+        finish("completed")  # the requeued job ends anew
+        seen.append(await poll())
+        finish("failed")  # a change no poll may see: the answer above is cached
+        seen.append(await poll())
+        return [view.status.value if view else None for view in seen]
+
+    finish("failed")
+    # the overtaken read is answered but not kept; the next answer is read and cached
+    assert with_store(database_url, polls) == ["failed", "completed", "completed"]
 
 
 def test_purge_before_deletes_finished_jobs_in_batches(jobs: Jobs, sql: Sql) -> None:
