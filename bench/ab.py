@@ -19,35 +19,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import io
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import orjson
-import psutil
 
 from asyncgate.models import migrate
 from bench.children import Processes, child_environment, gateway_config
-from bench.layouts import CHAT_PATH, CONNECTIONS, wrk_available
+from bench.layouts import CHAT_PATH, post_script, run_wrk, wrk_available
 from bench.loadgen import chat_request
+from bench.machine import CpuMeter
 from bench.report import say
 from tests import launch
 from tests.launch import ROOT
 
 LAYERS = ("handlers", "models", "worker", "spec", "migrations")
 """Top-level folders of the repository, each a subpackage of ``asyncgate`` once installed."""
-
-_POST = """wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()
-"""
 
 _IDEMPOTENT = """
 local threads = 0
@@ -97,27 +90,6 @@ def _environment(tree: Path) -> dict[str, str]:
     return env
 
 
-def _cpu(proc: subprocess.Popen[bytes]) -> float:
-    total = 0.0
-    with contextlib.suppress(psutil.Error):
-        for member in (psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)):
-            with contextlib.suppress(psutil.Error):
-                times = member.cpu_times()
-                total += times.user + times.system
-    return total
-
-
-async def _wrk(url: str, lua: Path | None, seconds: float) -> int:
-    args = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds:g}s", url]
-    if lua is not None:
-        args += ["-s", str(lua)]
-    proc = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE)
-    out = (await proc.communicate())[0].decode()
-    count = int(out.split(" requests in")[0].split()[-1])
-    bad = [line for line in out.splitlines() if "Non-2xx" in line]
-    return count - (int(bad[0].split()[-1]) if bad else 0)
-
-
 class Side:
     """One version's process and its figures per round."""
 
@@ -129,12 +101,10 @@ class Side:
         self.cpu_us: list[float] = []
 
     async def round(self, target: str, lua: Path | None, seconds: float) -> None:
-        cpu = _cpu(self.proc)
-        started = time.perf_counter()
-        done = await _wrk(self.url + target, lua, seconds)
-        wall = time.perf_counter() - started
-        self.rates.append(done / wall)
-        self.cpu_us.append((_cpu(self.proc) - cpu) / max(done, 1) * 1e6)
+        with CpuMeter(self.proc) as cpu:
+            done = (await run_wrk(self.url + target, lua, seconds))["ok"]
+        self.rates.append(done / cpu.seconds)
+        self.cpu_us.append(cpu.per_job_us(max(done, 1))["server"])
 
     def summary(self) -> dict[str, float]:
         return {
@@ -202,7 +172,7 @@ async def run(args: argparse.Namespace, work: Path, database_url: str | None) ->
     if args.request in ("submit", "idempotent-submit"):
         lua = work / "post.lua"
         idempotent = _IDEMPOTENT if args.request == "idempotent-submit" else ""
-        lua.write_text(_POST.format(body=body) + idempotent)
+        lua.write_text(post_script(body) + idempotent)
     elif args.app == "api":
         assert database_url is not None
         target = f"{CHAT_PATH}/{await _completed_job(database_url)}"
@@ -215,7 +185,7 @@ async def run(args: argparse.Namespace, work: Path, database_url: str | None) ->
             for name, tree in trees.items()
         ]
         for side in sides:
-            await _wrk(side.url + target, lua, 1.0)  # warm-up
+            await run_wrk(side.url + target, lua, 1.0)  # warm-up
         for number in range(args.rounds):
             order = sides if number % 2 == 0 else sides[::-1]
             for side in order:

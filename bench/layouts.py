@@ -44,15 +44,52 @@ LAYOUTS: dict[str, tuple[str, dict[str, Any]]] = {
     "serve": ("serve", {}),
 }
 
-_LUA = """
-wrk.method = "{method}"
+_POST = """
+wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-{body}
+local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()
 """
+
+
+def post_script(body: Path) -> str:
+    """A wrk script that POSTs the JSON in the file ``body``."""
+    return _POST.format(body=body)
 
 
 def wrk_available() -> bool:
     return shutil.which("wrk") is not None
+
+
+async def run_wrk(url: str, lua: Path | None, seconds: float) -> dict[str, Any]:
+    """wrk from 64 connections on ``url`` for ``seconds`` (with the ``lua`` script): requests,
+    those answered 2xx or 3xx (``ok``) and their rate, p50 and p99 (ms), socket errors."""
+    args = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--latency", url]
+    if lua is not None:
+        args += ["-s", str(lua)]
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    out = (await proc.communicate())[0].decode()
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+
+    def percentile(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if m is None:
+            return float("nan")
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+        return float(m.group(1)) * scale
+
+    ok = count - (int(bad.group(1)) if bad else 0)
+    return {
+        "requests": count,
+        "ok": ok,
+        "per_second": ok / seconds,
+        "p50_ms": percentile("50"),
+        "p99_ms": percentile("99"),
+        "socket_errors": errors.group(1) if errors else "",
+    }
 
 
 class Layouts:
@@ -64,53 +101,19 @@ class Layouts:
         body = bench.work / "layouts-body.json"
         body.write_bytes(orjson.dumps(chat_request()))
         self.post = bench.work / "layouts-post.lua"
-        self.post.write_text(
-            _LUA.format(
-                method="POST",
-                body=f'local f = io.open("{body}", "rb"); wrk.body = f:read("*a"); f:close()',
-            )
-        )
-
-    async def _wrk(self, url: str, lua: Path | None, seconds: float) -> dict[str, Any]:
-        args = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--latency", url]
-        if lua is not None:
-            args += ["-s", str(lua)]
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        out = (await proc.communicate())[0].decode()
-        count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        errors = re.search(r"Socket errors: (.*)", out)
-
-        def percentile(p: str) -> float:
-            m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-            if m is None:
-                return float("nan")
-            scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-            return float(m.group(1)) * scale
-
-        ok = count - (int(bad.group(1)) if bad else 0)
-        return {
-            "requests": count,
-            "ok": ok,
-            "per_second": ok / seconds,
-            "p50_ms": percentile("50"),
-            "p99_ms": percentile("99"),
-            "socket_errors": errors.group(1) if errors else "",
-        }
+        self.post.write_text(post_script(body))
 
     async def submit(self, name: str, url: str, proc: Any, end_to_end: bool) -> dict[str, Any]:
         bench = self.bench
         before = await bench.counts()
-        warm = await self._wrk(url + CHAT_PATH, self.post, 2.0)
+        warm = await run_wrk(url + CHAT_PATH, self.post, 2.0)
         if end_to_end:
             await bench.drain(warm["ok"], before, 120)
         await bench.reset_jobs()
         say(f"layouts: {name}, wrk {CONNECTIONS} connections for {self.seconds:g}s")
         with CpuMeter(proc) as cpu:
             started = time.perf_counter()
-            result = await self._wrk(url + CHAT_PATH, self.post, self.seconds)
+            result = await run_wrk(url + CHAT_PATH, self.post, self.seconds)
             if end_to_end:
                 elapsed = await bench.drain(result["ok"], (0, 0), 120) - started
                 result["jobs_per_second"] = result["ok"] / elapsed
@@ -126,9 +129,9 @@ class Layouts:
 
     async def poll(self, name: str, url: str, proc: Any, job_id: str) -> dict[str, Any]:
         target = f"{url}{CHAT_PATH}/{job_id}"
-        await self._wrk(target, None, 1.0)
+        await run_wrk(target, None, 1.0)
         with CpuMeter(proc) as cpu:
-            result = await self._wrk(target, None, self.seconds)
+            result = await run_wrk(target, None, self.seconds)
         result["cpu"] = cpu.figures
         result["cpu_us"] = cpu.per_job_us(result["ok"])
         say(
