@@ -8,7 +8,7 @@ checkpoint and so logged whole (8 KB). Draining 50,000 jobs beside 500,000 finis
 PostgreSQL 18 wrote 0.97 full-page images and 10.5 KB of WAL per job, against 0.18 and 5.2 KB
 on an empty table. With 15% of each page kept free, the new versions stay beside the old ones:
 0.21 full-page images and 5.2 KB per job, on either table, and PostgreSQL's CPU per job grew
-1.01-1.27 x from the empty table to the large one in four runs, against 1.43 x. The price is
+1.00-1.27 x from the empty table to the large one in five runs, against 1.43 x. The price is
 about 15% more room for rows as they are submitted.
 Existing pages keep their rows; the setting applies to pages filled from now on.
 
