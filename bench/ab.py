@@ -12,7 +12,7 @@ revision that both know). wrk then sends the ~1 KB chat submit, or
 the same with a new ``Idempotency-Key`` on each (``idempotent-submit``), or the poll of one
 completed job, to A and B in turns (A, B, B, A, A, B, ...), so that whatever the
 machine does meanwhile falls on both alike. Reported per version: the median over the rounds of
-requests/s and of the server process's CPU microseconds per request, read from ``/proc``.
+requests/s and of the server process's CPU microseconds per request, read from the process.
 """
 
 from __future__ import annotations
@@ -29,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 
 from asyncgate.models import migrate
 from bench.children import Processes, child_environment, gateway_config
+from bench.drain import COMPLETED, ORDERED_ID
 from bench.layouts import CHAT_PATH, post_script, run_wrk, wrk_available
-from bench.loadgen import chat_request
+from bench.loadgen import chat_request, chat_result
 from bench.machine import CpuMeter
 from bench.report import say
 from tests import launch
@@ -137,27 +139,20 @@ async def _start(
 
 
 async def _completed_job(database_url: str) -> str:
-    """A completed chat job written with SQL, shaped like a finished fake-upstream answer."""
-    import psycopg
-
-    from asyncgate.ids import new_job_id
-
-    result = orjson.dumps(
-        {
-            "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 900}}],
-        }
-    ).decode()
+    """A completed chat job, written by the drain scenario's own statement for one."""
+    request = chat_request()
+    params = {
+        "provider": request["model"].split("/", 1)[0],
+        "model": request["model"],
+        "request": orjson.dumps(request).decode(),
+        "result": orjson.dumps(chat_result()).decode(),
+        "jobs": 1,
+    }
+    statement = COMPLETED.format(id=ORDERED_ID.format(at="at")) + " RETURNING id"
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        job_id = new_job_id()
-        await conn.execute(
-            "INSERT INTO async_jobs (id, kind, provider, model, request, ttl_seconds, status,"
-            " result, status_code, completed_at, expires_at) VALUES (%s, 'chat_completion',"
-            " 'fake', 'fake/ok', %s::jsonb, 86400, 'completed', %s::jsonb, 200, now(),"
-            " now() + interval '1 day')",
-            (job_id, orjson.dumps(chat_request()).decode(), result),
-        )
-    return str(job_id)
+        row = await (await conn.execute(statement, params)).fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 async def run(args: argparse.Namespace, work: Path, database_url: str | None) -> dict[str, Any]:
